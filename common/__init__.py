@@ -1,0 +1,1 @@
+"""Flower-free libraries of FedSeal: watermark codec, seals, keys, models, data, records, CLI."""

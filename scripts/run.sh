@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Create .venv on first use, install FedSeal, run the default federation.
+# Extra arguments go to `fedseal simulate` (see `.venv/bin/fedseal simulate --help`).
+source "$(dirname "$0")/_venv.sh"
+ensure_venv ""
+cd "$ROOT"
+exec "$VENV/bin/fedseal" simulate --dataset breast-cancer --clients 5 --rounds 5 "$@"
