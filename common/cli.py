@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from common import cli_watermark
 
     cli_watermark.register(sub)
+    from common import cli_keys; cli_keys.register(sub)  # noqa: E702
     try:  # the simulation commands need Flower; they live outside common/
         from server import cli_simulate
     except ImportError:  # pragma: no cover - only while server/ is absent
