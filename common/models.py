@@ -1,0 +1,68 @@
+"""The models FedSeal trains: an MLP for tabular data and a small CNN for 8x8 images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.data import dataset_info
+
+
+class MLP(nn.Module):
+    """Two-layer perceptron: n_features -> hidden -> n_classes."""
+
+    def __init__(self, n_features: int, n_classes: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv blocks and a linear head, for (1, 8, 8) images (about 12k parameters)."""
+
+    def __init__(self, image_shape: tuple[int, ...], n_classes: int) -> None:
+        super().__init__()
+        channels, height, width = image_shape
+        self.image_shape = tuple(image_shape)
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * (height // 4) * (width // 4), n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.reshape(-1, *self.image_shape)))
+
+
+def build_model(dataset: str, n_features: int | None = None, n_classes: int | None = None) -> nn.Module:
+    """The model for `dataset` (input size and classes default to the dataset's own)."""
+    info = dataset_info(dataset)
+    n_features = info.n_features if n_features is None else n_features
+    n_classes = info.n_classes if n_classes is None else n_classes
+    if info.image_shape is not None:
+        return SmallCNN(info.image_shape, n_classes)
+    return MLP(n_features, n_classes)
+
+
+def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's parameters as named float32 numpy arrays (state_dict order)."""
+    return {k: v.detach().cpu().numpy().astype(np.float32, copy=True) for k, v in model.state_dict().items()}
+
+
+def set_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load named numpy arrays into the model (names and shapes must match exactly)."""
+    model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in arrays.items()}, strict=True)
+
+
+def array_spec(arrays: dict[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{name: (shape, dtype)} of a set of arrays: what a valid reply must match."""
+    return {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items()}
+
+
+def initial_model(dataset: str, seed: int) -> nn.Module:
+    """The run's starting model: build_model(dataset) with weights drawn from `seed`."""
+    torch.manual_seed(seed)
+    return build_model(dataset)

@@ -1,0 +1,148 @@
+"""The run folder: summary.json, rounds.jsonl, audit.jsonl, checkpoints, model.safetensors.
+
+Whole files are written atomically (temp file in the same folder + os.replace), so a
+reader never sees a half-written summary or model. JSONL files grow one complete line
+per write, flushed and fsync'ed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+SUMMARY = "summary.json"
+ROUNDS = "rounds.jsonl"
+AUDIT = "audit.jsonl"
+MODEL = "model.safetensors"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class RoundRecord:
+    """One finished round, as written to rounds.jsonl and summary.json."""
+
+    round: int
+    accuracy: float
+    loss: float
+    seconds: float
+    bytes_up: int
+    bytes_down: int
+    clients_used: int
+    rejected: list[Any] = field(default_factory=list)
+    recovered: list[Any] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def folder_is_free(path: str | Path) -> bool:
+    """True if `path` does not exist or is an empty directory."""
+    path = Path(path)
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same folder and os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def save_arrays(path: str | Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Save named arrays as safetensors, atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Load named arrays from a safetensors file."""
+    return load_file(str(path))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All complete records of a JSONL file (an unfinished last line is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+class RunRecorder:
+    """Writes one run's records into its folder.
+
+    Creating a recorder creates the folder (and checkpoints/) and starts empty
+    rounds.jsonl and audit.jsonl files.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).resolve()
+        (self.folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        for name in (ROUNDS, AUDIT):
+            atomic_write_bytes(self.folder / name, b"")
+
+    def _append(self, name: str, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, sort_keys=False) + "\n").encode()
+        with open(self.folder / name, "ab") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def record_round(self, record: RoundRecord) -> None:
+        """Append a finished round to rounds.jsonl."""
+        self._append(ROUNDS, record.to_json())
+
+    def audit(self, event: str, **details: Any) -> None:
+        """Append a security event (e.g. a rejected reply) to audit.jsonl."""
+        self._append(AUDIT, {"event": event, **details})
+
+    def checkpoint(self, arrays: dict[str, np.ndarray], server_round: int) -> Path:
+        """Save the global model after `server_round` under checkpoints/."""
+        path = self.folder / CHECKPOINTS / f"round-{server_round:04d}.safetensors"
+        save_arrays(path, arrays, {"round": str(server_round)})
+        return path
+
+    def save_model(self, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> Path:
+        """Save the final global model as model.safetensors."""
+        path = self.folder / MODEL
+        save_arrays(path, arrays, metadata)
+        return path
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        """Write summary.json (atomically; may be rewritten as the run progresses)."""
+        path = self.folder / SUMMARY
+        atomic_write_json(path, summary)
+        return path

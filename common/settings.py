@@ -1,0 +1,104 @@
+"""A run's settings: one frozen dataclass, parsed once from CLI flags or Flower run config.
+
+Run-config keys (pyproject.toml [tool.flwr.app.config], `flwr run . --run-config`) and the
+`fedseal simulate` flags share the names below; `RunSettings.to_run_config()` and
+`RunSettings.from_run_config()` convert between the two.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from common.data import DATASETS, parse_partition
+from common.errors import InputError
+
+SECURE_MODES = ("none",)  # "masked" and "he" join later
+
+# run-config key -> RunSettings attribute
+RUN_CONFIG_KEYS = {
+    "dataset": "dataset",
+    "num-rounds": "num_rounds",
+    "local-epochs": "local_epochs",
+    "lr": "lr",
+    "batch-size": "batch_size",
+    "partition": "partition",
+    "seed": "seed",
+    "secure-mode": "secure_mode",
+    "min-clients": "min_clients",
+    "out-dir": "out_dir",
+}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run needs to know, validated on construction.
+
+    Attributes:
+        dataset (str, "breast-cancer"): "breast-cancer" (MLP) or "digits" (small CNN).
+        num_rounds (int, 5): federated rounds, >= 1.
+        local_epochs (int, 5): epochs each site trains per round, >= 1.
+        lr (float, 0.05): SGD learning rate (momentum 0.9), > 0.
+        batch_size (int, 32): local minibatch size, >= 1.
+        partition (str, "iid"): "iid" or "dirichlet:ALPHA" (simulation only).
+        seed (int, 0): seeds the initial model, the partition and every local step.
+        secure_mode (str, "none"): how sites return updates; only "none" so far.
+        min_clients (int, 2): sites the server waits for, and the fewest accepted replies
+            that update the model in a round, >= 1.
+        out_dir (str, ""): run folder; "" means runs/<timestamp> under the server's cwd.
+    """
+
+    dataset: str = "breast-cancer"
+    num_rounds: int = 5
+    local_epochs: int = 5
+    lr: float = 0.05
+    batch_size: int = 32
+    partition: str = "iid"
+    seed: int = 0
+    secure_mode: str = "none"
+    min_clients: int = 2
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise InputError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
+        _require_int(self.num_rounds, "num-rounds", 1)
+        _require_int(self.local_epochs, "local-epochs", 1)
+        _require_int(self.batch_size, "batch-size", 1)
+        _require_int(self.min_clients, "min-clients", 1)
+        _require_int(self.seed, "seed", 0)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"lr must be a number > 0, got {self.lr!r}")
+        parse_partition(self.partition)
+        if self.secure_mode not in SECURE_MODES:
+            raise InputError(f"unknown secure-mode {self.secure_mode!r}; choose one of: {', '.join(SECURE_MODES)}")
+        if not isinstance(self.out_dir, str):
+            raise InputError(f"out-dir must be a string, got {self.out_dir!r}")
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> "RunSettings":
+        """Build from Flower run config; missing keys take defaults, unknown keys are an error."""
+        unknown = sorted(set(config) - set(RUN_CONFIG_KEYS))
+        if unknown:
+            raise InputError(f"unknown run-config key(s): {', '.join(unknown)}; known: {', '.join(RUN_CONFIG_KEYS)}")
+        values = {RUN_CONFIG_KEYS[k]: v for k, v in config.items()}
+        if isinstance(values.get("lr"), int) and not isinstance(values.get("lr"), bool):
+            values["lr"] = float(values["lr"])
+        return cls(**values)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The run-config dict (Flower key names) that reproduces these settings."""
+        attrs = asdict(self)
+        return {key: attrs[attr] for key, attr in RUN_CONFIG_KEYS.items()}
+
+    def replace(self, **changes: Any) -> "RunSettings":
+        """A copy with some attributes changed (validated again)."""
+        attrs = {f.name: getattr(self, f.name) for f in fields(self)}
+        attrs.update(changes)
+        return RunSettings(**attrs)
+
+
+def _require_int(value: Any, key: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{key} must be an integer >= {minimum}, got {value!r}")

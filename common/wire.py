@@ -1,0 +1,24 @@
+"""Names used on the wire and in node/run config, defined once.
+
+Server and client import these constants instead of spelling the strings; later
+modes (seals, masked vectors, ciphertexts) add their record keys here.
+"""
+
+# Records inside a message's RecordDict
+ARRAYS = "arrays"  # ArrayRecord: model parameters (global model down, trained model up)
+METRICS = "metrics"  # MetricRecord: numbers a site reports
+CONFIG = "config"  # ConfigRecord: instructions from the server
+
+# Keys inside those records
+NUM_EXAMPLES = "num-examples"  # METRICS: training examples used by the site (FedAvg weight)
+TRAIN_LOSS = "train-loss"  # METRICS: mean training loss of the last local epoch
+SERVER_ROUND = "server-round"  # CONFIG: the round number (1-based)
+
+# Message types (Flower's "train" / "evaluate" / "query.<name>")
+TRAIN = "train"
+
+# Node config keys
+PARTITION_ID = "partition-id"  # simulation: which partition this site holds
+NUM_PARTITIONS = "num-partitions"  # simulation: number of sites
+DATA_PATH = "data-path"  # deployment: the site's own CSV file
+LABEL_COLUMN = "label-column"  # deployment: the CSV column holding the class label

@@ -1,0 +1,208 @@
+"""`fedseal simulate`: a whole federation on this machine, with progress and a final table.
+
+The command validates its flags, prepares the run folder, starts Flower's simulation
+engine in a child process (server/simulate.py) in its own session, prints one line per
+finished round (read from rounds.jsonl), and on exit - normal, error or Ctrl-C - stops
+every process the engine started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from common import processes, records
+from common.data import DATASETS, load_split
+from common.errors import FedSealError, InputError
+from common.settings import RunSettings
+
+LOG_NAME = "simulation.log"
+POLL_SECONDS = 0.25
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `simulate` subcommand."""
+    d = RunSettings()
+    p = subparsers.add_parser(
+        "simulate",
+        help="run a federation on this machine (Flower simulation engine)",
+        description="Train one model across N simulated sites with Flower's simulation engine, "
+        "print one line per round and a final table, and write the run folder (summary.json, "
+        "rounds.jsonl, audit.jsonl, model.safetensors, checkpoints/, simulation.log). Flags map "
+        "to the run-config keys of `flwr run .` (shown in brackets).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", default=d.dataset, choices=DATASETS,
+                   help="bundled scikit-learn dataset: breast-cancer (569x30, MLP) or digits (1,797 8x8 images, "
+                   "small CNN) [dataset]")
+    p.add_argument("--clients", type=int, default=5, help="number of simulated sites (>= 2)")
+    p.add_argument("--rounds", type=int, default=d.num_rounds, help="federated rounds (>= 1) [num-rounds]")
+    p.add_argument("--partition", default=d.partition,
+                   help="how training data is split across sites: 'iid', or 'dirichlet:ALPHA' for label skew "
+                   "(smaller ALPHA = more skew, e.g. dirichlet:0.3) [partition]")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seeds the initial model, the partition and every local step; same seed, same "
+                   "results [seed]")
+    p.add_argument("--local-epochs", type=int, default=d.local_epochs,
+                   help="epochs each site trains per round [local-epochs]")
+    p.add_argument("--lr", type=float, default=d.lr, help="local SGD learning rate (momentum 0.9) [lr]")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="local minibatch size [batch-size]")
+    p.add_argument("--min-clients", type=int, default=None,
+                   help="fewest accepted replies that update the model in a round (default: --clients) "
+                   "[min-clients]")
+    p.add_argument("--secure-mode", default=d.secure_mode, choices=("none",),
+                   help="how sites return updates; only 'none' so far [secure-mode]")
+    p.add_argument("--out", default=None,
+                   help="run folder (default: runs/<timestamp>); must not exist or be empty [out-dir]")
+    p.add_argument("--force", action="store_true",
+                   help="reuse a non-empty --out folder, replacing FedSeal's records in it")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Flower/Ray log output (always written to simulation.log)")
+    p.set_defaults(handler=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
+    """Validate flags into (RunSettings, number of sites); raise InputError on bad input."""
+    if args.clients < 2:
+        raise InputError(f"--clients must be at least 2, got {args.clients}")
+    if args.rounds < 1:
+        raise InputError(f"--rounds must be at least 1, got {args.rounds}")
+    settings = RunSettings(
+        dataset=args.dataset, num_rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr,
+        batch_size=args.batch_size, partition=args.partition, seed=args.seed, secure_mode=args.secure_mode,
+        min_clients=args.clients if args.min_clients is None else args.min_clients,
+    )
+    n_train = len(load_split(settings.dataset).y_train)
+    if args.clients > n_train:
+        raise InputError(f"--clients {args.clients} is more than the {n_train} training examples of "
+                         f"{settings.dataset}: every site needs at least one")
+    if settings.min_clients > args.clients:
+        raise InputError(f"--min-clients {settings.min_clients} is more than --clients {args.clients}")
+    return settings, args.clients
+
+
+def prepare_out_dir(out: str | None, force: bool) -> Path:
+    """Create the run folder; refuse a non-empty one unless `force` (then clear FedSeal's records)."""
+    folder = Path(out) if out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--out {folder}: exists and is not a folder")
+    if not records.folder_is_free(folder):
+        if not force:
+            raise InputError(f"--out {folder}: folder exists and is not empty (use --force to reuse it)")
+        for name in (records.SUMMARY, records.ROUNDS, records.AUDIT, records.MODEL, LOG_NAME):
+            (folder / name).unlink(missing_ok=True)
+        shutil.rmtree(folder / records.CHECKPOINTS, ignore_errors=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {folder}: cannot create: {exc.strerror}") from None
+    return folder.resolve()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of `fedseal simulate`."""
+    settings, clients = settings_from_args(args)
+    folder = prepare_out_dir(args.out, args.force)
+    settings = settings.replace(out_dir=str(folder))
+    print(f"FedSeal simulate: {settings.dataset}, {clients} sites, {settings.num_rounds} rounds, "
+          f"partition {settings.partition}, seed {settings.seed} -> {folder}", flush=True)
+    returncode = run_child(settings, clients, folder, verbose=args.verbose, out=sys.stdout)
+    if returncode != 0:
+        raise FedSealError(f"simulation failed (exit {returncode}): {last_error(folder / LOG_NAME)}; "
+                           f"full log: {folder / LOG_NAME}")
+    summary_path = folder / records.SUMMARY
+    if not summary_path.exists():
+        raise FedSealError(f"simulation ended without writing {summary_path}; see {folder / LOG_NAME}")
+    print(format_table(json.loads(summary_path.read_text())), flush=True)
+    print(f"Run folder: {folder}", flush=True)
+    return 0
+
+
+def run_child(settings: RunSettings, clients: int, folder: Path, *, verbose: bool, out: TextIO) -> int:
+    """Run server/simulate.py in its own session, stream progress, always clean up."""
+    cmd = [sys.executable, "-m", "server.simulate", "--num-supernodes", str(clients),
+           "--run-config", json.dumps(settings.to_run_config())]
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                      env.get("PYTHONPATH")]))
+    processes.become_subreaper()
+    rounds_path, log_path = folder / records.ROUNDS, folder / LOG_NAME
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    with open(log_path, "wb") as log:
+        proc = processes.start_in_new_session(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            shown, log_pos = 0, 0
+            while True:
+                done = proc.poll() is not None
+                if verbose:
+                    log_pos = _echo_log(log_path, log_pos)
+                for rec in records.read_jsonl(rounds_path)[shown:]:
+                    print(format_progress(rec, settings.num_rounds), file=out, flush=True)
+                    shown += 1
+                if done:
+                    return proc.returncode
+                time.sleep(POLL_SECONDS)
+        finally:
+            processes.stop_session(proc)
+            processes.reap_children()
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM: clean up exactly like Ctrl-C
+
+
+def _echo_log(log_path: Path, pos: int) -> int:
+    """Copy new bytes of the child's log to stderr (--verbose); return the new position."""
+    with open(log_path, "rb") as fh:
+        fh.seek(pos)
+        chunk = fh.read()
+    if chunk:
+        sys.stderr.write(chunk.decode(errors="replace"))
+        sys.stderr.flush()
+    return pos + len(chunk)
+
+
+def last_error(log_path: Path) -> str:
+    """The last line of the log that looks like an error (for a one-line failure message)."""
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln or "Exception" in ln]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
+def format_progress(rec: dict[str, Any], num_rounds: int) -> str:
+    """One progress line: round, accuracy, loss, seconds."""
+    line = (f"round {rec['round']:>3}/{num_rounds}  accuracy {rec['accuracy']:.4f}  loss {rec['loss']:.4f}  "
+            f"{rec['seconds']:6.1f} s  sites {rec['clients_used']}")
+    if rec.get("rejected"):
+        line += f"  rejected {len(rec['rejected'])}"
+    return line
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The final table: every round, then final vs centralized accuracy."""
+    head = f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'seconds':>7}  {'KB up':>8}  {'KB down':>8}  " \
+           f"{'sites':>5}  {'rejected':>8}"
+    rows = [head, "-" * len(head)]
+    for r in summary["rounds"]:
+        rows.append(f"{r['round']:>5}  {r['accuracy']:>8.4f}  {r['loss']:>7.4f}  {r['seconds']:>7.1f}  "
+                    f"{r['bytes_up'] / 1024:>8.1f}  {r['bytes_down'] / 1024:>8.1f}  {r['clients_used']:>5}  "
+                    f"{len(r['rejected']):>8}")
+    rows.append("-" * len(head))
+    gap = 100 * (summary["final_accuracy"] - summary["centralized_accuracy"])
+    rows.append(f"final accuracy {summary['final_accuracy']:.4f}   centralized {summary['centralized_accuracy']:.4f}   "
+                f"difference {gap:+.2f} points   ({summary['test_examples']} test examples)")
+    return "\n".join(rows)
