@@ -1,0 +1,28 @@
+"""Fragile, self-recovering watermark for model parameters.
+
+`embed` hides keyed block tags and Reed-Solomon recovery data in the k low mantissa bits of
+every float32; `verify` finds and locates tampered blocks; `recover` restores them bit-exactly
+while tampering stays under the recovery bound. See common/watermark/layout.py for the layout.
+"""
+
+from common.watermark.api import (
+    DEFAULT_K,
+    TensorDamage,
+    WatermarkReport,
+    embed,
+    manifest_of,
+    recover,
+    specs_of,
+    verify,
+)
+
+__all__ = [
+    "DEFAULT_K",
+    "TensorDamage",
+    "WatermarkReport",
+    "embed",
+    "manifest_of",
+    "recover",
+    "specs_of",
+    "verify",
+]

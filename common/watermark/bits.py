@@ -1,0 +1,88 @@
+"""Bit packing between float32 words and byte strings.
+
+A block is 64 float32 parameters viewed as uint32 words. The watermark owns the k low
+bits of each word (its *capacity*, 8k bytes per block); the other 32 - k bits are the
+*data* the erasure code protects (8(32 - k) bytes per block). k is a multiple of 4, so a
+pair of words always packs into whole bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = 64
+ALLOWED_K = (4, 8, 12, 16)
+
+
+def low_mask(k: int) -> np.uint32:
+    return np.uint32((1 << k) - 1)
+
+
+def data_bytes(k: int) -> int:
+    """Bytes of protected (high) bits in one block."""
+    return BLOCK * (32 - k) // 8
+
+
+def capacity_bytes(k: int) -> int:
+    """Bytes of watermark capacity (low bits) in one block."""
+    return BLOCK * k // 8
+
+
+def _pack_pairs(values: np.ndarray, bits: int) -> np.ndarray:
+    """(R, 64) uint64 values of `bits` bits each -> (R, 64*bits/8) bytes."""
+    rows = values.shape[0]
+    pair = values[:, 0::2] | (values[:, 1::2] << np.uint64(bits))
+    nbytes = 2 * bits // 8
+    return np.ascontiguousarray(pair.view(np.uint8).reshape(rows, BLOCK // 2, 8)[:, :, :nbytes]).reshape(rows, -1)
+
+
+def _unpack_pairs(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of _pack_pairs: (R, 64*bits/8) bytes -> (R, 64) uint64."""
+    rows = packed.shape[0]
+    nbytes = 2 * bits // 8
+    wide = np.zeros((rows, BLOCK // 2, 8), dtype=np.uint8)
+    wide[:, :, :nbytes] = packed.reshape(rows, BLOCK // 2, nbytes)
+    pair = wide.view(np.uint64).reshape(rows, BLOCK // 2)
+    mask = np.uint64((1 << bits) - 1)
+    out = np.empty((rows, BLOCK), dtype=np.uint64)
+    out[:, 0::2] = pair & mask
+    out[:, 1::2] = pair >> np.uint64(bits)
+    return out
+
+
+def pack_high(words: np.ndarray, k: int) -> np.ndarray:
+    """(R, 64) uint32 words -> (R, data_bytes(k)) bytes of their high 32 - k bits."""
+    if k in (8, 16):  # byte-aligned: a strided copy is enough
+        return np.ascontiguousarray(words.view(np.uint8).reshape(-1, BLOCK, 4)[:, :, k // 8 :]).reshape(
+            words.shape[0], -1
+        )
+    return _pack_pairs((words >> np.uint32(k)).astype(np.uint64), 32 - k)
+
+
+def unpack_high(packed: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of pack_high: the words with their low k bits zero."""
+    rows = packed.shape[0]
+    if k in (8, 16):
+        out = np.zeros((rows, BLOCK, 4), dtype=np.uint8)
+        out[:, :, k // 8 :] = packed.reshape(rows, BLOCK, 4 - k // 8)
+        return out.view(np.uint32).reshape(rows, BLOCK)
+    return (_unpack_pairs(packed, 32 - k) << np.uint64(k)).astype(np.uint32)
+
+
+def pack_low(capacity: np.ndarray, k: int) -> np.ndarray:
+    """(R, capacity_bytes(k)) bytes -> (R, 64) uint32 words holding them in their low k bits."""
+    rows = capacity.shape[0]
+    if k in (8, 16):
+        out = np.zeros((rows, BLOCK, 4), dtype=np.uint8)
+        out[:, :, : k // 8] = capacity.reshape(rows, BLOCK, k // 8)
+        return out.view(np.uint32).reshape(rows, BLOCK)
+    return _unpack_pairs(capacity, k).astype(np.uint32)
+
+
+def unpack_low(words: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of pack_low: the capacity bytes carried by the words' low k bits."""
+    if k in (8, 16):
+        return np.ascontiguousarray(words.view(np.uint8).reshape(-1, BLOCK, 4)[:, :, : k // 8]).reshape(
+            words.shape[0], -1
+        )
+    return _pack_pairs((words & low_mask(k)).astype(np.uint64), k)
