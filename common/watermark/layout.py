@@ -183,7 +183,7 @@ def check_k(k: int) -> None:
 def build(specs: list[TensorSpec], k: int, key: bytes) -> Layout:
     """The layout of a model with these tensors (raises InputError without float32 capacity)."""
     check_k(k)
-    min_tail = 8 * TAG_BYTES // k  # parameters needed to hold one tag
+    min_tail = -(-8 * TAG_BYTES // k)  # parameters needed to hold one tag
     carriers: list[Carrier] = []
     tails: list[tuple[TensorSpec, int]] = []
     full_rows = 0
