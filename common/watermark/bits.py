@@ -52,20 +52,35 @@ def _unpack_pairs(packed: np.ndarray, bits: int) -> np.ndarray:
 
 def pack_high(words: np.ndarray, k: int) -> np.ndarray:
     """(R, 64) uint32 words -> (R, data_bytes(k)) bytes of their high 32 - k bits."""
-    if k in (8, 16):  # byte-aligned: a strided copy is enough
-        return np.ascontiguousarray(words.view(np.uint8).reshape(-1, BLOCK, 4)[:, :, k // 8 :]).reshape(
-            words.shape[0], -1
-        )
+    rows = words.shape[0]
+    if k == 8:  # four 24-bit values a, b, c, d -> three uint32 words, by shifts (no strided copy)
+        q = (words >> np.uint32(8)).reshape(rows, 16, 4)
+        a, b, c, d = q[:, :, 0], q[:, :, 1], q[:, :, 2], q[:, :, 3]
+        out = np.empty((rows, 16, 3), dtype=np.uint32)
+        out[:, :, 0] = a | (b << np.uint32(24))
+        out[:, :, 1] = (b >> np.uint32(8)) | (c << np.uint32(16))
+        out[:, :, 2] = (c >> np.uint32(16)) | (d << np.uint32(8))
+        return out.view(np.uint8).reshape(rows, -1)
+    if k == 16:
+        return (words >> np.uint32(16)).astype(np.uint16).view(np.uint8).reshape(rows, -1)
     return _pack_pairs((words >> np.uint32(k)).astype(np.uint64), 32 - k)
 
 
 def unpack_high(packed: np.ndarray, k: int) -> np.ndarray:
     """Inverse of pack_high: the words with their low k bits zero."""
     rows = packed.shape[0]
-    if k in (8, 16):
-        out = np.zeros((rows, BLOCK, 4), dtype=np.uint8)
-        out[:, :, k // 8 :] = packed.reshape(rows, BLOCK, 4 - k // 8)
-        return out.view(np.uint32).reshape(rows, BLOCK)
+    if k == 8:
+        w = np.ascontiguousarray(packed).view(np.uint32).reshape(rows, 16, 3)
+        x, y, z = w[:, :, 0], w[:, :, 1], w[:, :, 2]
+        m = np.uint32(0xFFFFFF)
+        out = np.empty((rows, 16, 4), dtype=np.uint32)
+        out[:, :, 0] = x & m
+        out[:, :, 1] = (x >> np.uint32(24)) | ((y << np.uint32(8)) & m)
+        out[:, :, 2] = (y >> np.uint32(16)) | ((z << np.uint32(16)) & m)
+        out[:, :, 3] = z >> np.uint32(8)
+        return (out << np.uint32(8)).reshape(rows, BLOCK)
+    if k == 16:
+        return np.ascontiguousarray(packed).view(np.uint16).astype(np.uint32).reshape(rows, BLOCK) << np.uint32(16)
     return (_unpack_pairs(packed, 32 - k) << np.uint64(k)).astype(np.uint32)
 
 

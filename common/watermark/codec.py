@@ -107,7 +107,7 @@ class Codec:
         for group in lay.groups:
             if group.parity == 0:
                 continue
-            recovery = reed_solomon_leopard.encode([data[i].tobytes() for i in group.shards], group.parity)
+            recovery = reed_solomon_leopard.encode(_rows_as_bytes(data[group.shards]), group.parity)
             parity = np.frombuffer(b"".join(recovery), dtype=np.uint8).reshape(group.parity, self._shard_len)
             self._store_units(area, group, parity)
         header = np.zeros(lay.header_rows.shape[1] * lay.parity_bytes, dtype=np.uint8)
@@ -199,13 +199,7 @@ class Codec:
         shard_known = np.ones(lay.total_shards, dtype=bool)
         for group in lay.groups:
             erased = self._erased(group, found.bad_rows, found.bad_side)
-            if not erased.any():
-                continue
-            _, layer_ok = self._group_can_decode(group, found.bad_rows, found.bad_side)
-            for layer, ok, (rows, offsets) in zip(self._layer_bytes, layer_ok, unit_locations(lay, group), strict=True):
-                if ok:
-                    self._decode_layer(data, area, group, erased, found.bad_rows, layer, rows, offsets)
-            if not all(layer_ok):
+            if erased.any() and not self._decode_group(data, area, group, erased, found):
                 shard_known[group.shards[erased]] = False
         side = [
             restored if known else payload
@@ -230,24 +224,52 @@ class Codec:
         )
         return Model(out, side, present, side_present), partial
 
-    def _decode_layer(self, data, area, group, erased, bad_rows, layer, rows, offsets) -> None:
-        """Decode one layer (a run of symbols sharing an erasure pattern) of one group."""
-        compact = self._sym_bytes[: layer.size // 2].reshape(-1)
-        width = 64 * -(-(layer.size // 2) // 32)
+    def _decode_group(self, data, area, group: Group, erased: np.ndarray, found: Check) -> bool:
+        """Restore a group's erased shards in `data`; False if some layer is beyond the bound."""
+        locations = unit_locations(self.layout, group)
+        whole = np.logical_and.reduce([~found.bad_rows[rows] for rows, _ in locations])
+        if group.parity and whole.sum() >= erased.sum():  # whole parity shards suffice: one call
+            parity = np.zeros((group.parity, self._shard_len), dtype=np.uint8)
+            for layer, (rows, offsets) in zip(self._layer_bytes, locations, strict=True):
+                parity[:, layer] = self._units(area, rows, offsets, layer.size)
+            self._decode(data, group, erased, np.flatnonzero(whole), parity[whole], None)
+            return True
+        _, layer_ok = self._group_can_decode(group, found.bad_rows, found.bad_side)
+        for layer, ok, (rows, offsets) in zip(self._layer_bytes, layer_ok, locations, strict=True):
+            if ok:
+                alive = np.flatnonzero(~found.bad_rows[rows])
+                units = self._units(area, rows[alive], offsets[alive], layer.size)
+                self._decode(data, group, erased, alive, units, layer)
+        return all(layer_ok)
+
+    @staticmethod
+    def _units(area: np.ndarray, rows: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
+        if width == area.shape[1]:
+            return area[rows]
+        return area[rows[:, None], offsets[:, None] + np.arange(width)[None, :]]
+
+    def _decode(self, data, group: Group, erased, alive, units, layer: np.ndarray | None) -> None:
+        """Decode erased shards of a group from the shards kept and the parity `units` of the
+        `alive` parity shards: whole shards (layer None) or the symbols at byte positions `layer`."""
+        if layer is None:
+            compact, width = slice(None), self._shard_len
+            kept = data[group.shards[~erased]]
+        else:  # move the layer's symbols to the front of a shard of whole 64-byte chunks
+            nsym = layer.size // 2
+            compact, width = self._sym_bytes[:nsym].reshape(-1), 64 * -(-nsym // 32)
+            kept = data[group.shards[~erased]][:, layer]
 
         def shards(values: np.ndarray) -> list[bytes]:
             buf = np.zeros((values.shape[0], width), dtype=np.uint8)
             buf[:, compact] = values
-            return [row.tobytes() for row in buf]
+            return _rows_as_bytes(buf)
 
-        keep = np.flatnonzero(~erased)
-        originals = dict(zip(keep.tolist(), shards(data[group.shards[keep]][:, layer]), strict=True))
-        alive = np.flatnonzero(~bad_rows[rows])
-        units = area[rows[alive][:, None], offsets[alive][:, None] + np.arange(layer.size)[None, :]]
+        originals = dict(zip(np.flatnonzero(~erased).tolist(), shards(kept), strict=True))
         recovery = dict(zip(alive.tolist(), shards(units), strict=True))
         restored = reed_solomon_leopard.decode(len(group.shards), group.parity, originals, recovery)
+        target = slice(None) if layer is None else layer
         for pos, chunk in restored.items():
-            data[group.shards[pos], layer] = np.frombuffer(chunk, dtype=np.uint8)[compact]
+            data[group.shards[pos], target] = np.frombuffer(chunk, dtype=np.uint8)[compact]
 
     def _exact_rows(self, shard_known: np.ndarray) -> np.ndarray:
         """Rows whose every bit the rebuilt model gets right: own data and own parity area known."""
@@ -259,3 +281,10 @@ class Codec:
         if not shard_known[lay.rows :].all():
             exact[lay.header_rows.reshape(-1)] = False
         return exact
+
+
+def _rows_as_bytes(rows: np.ndarray) -> list[bytes]:
+    """One bytes object per row (slicing one blob is much faster than a tobytes per row)."""
+    blob = rows.tobytes()
+    n = rows.shape[1]
+    return [blob[i : i + n] for i in range(0, len(blob), n)]
