@@ -129,7 +129,7 @@ class Codec:
         return unit_geometry(self.layout.k).layer_slices()
 
     def _tags(self, hi: np.ndarray, area: np.ndarray) -> np.ndarray:
-        return self.mac.tags(np.concatenate([hi, area.view(np.uint32)], axis=1), self._pads)
+        return self.mac.tags(hi, area.view(np.uint32), pads=self._pads)
 
     # --- the three operations --------------------------------------------------------------
 

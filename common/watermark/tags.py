@@ -62,11 +62,14 @@ class BlockMac:
         pad_key = subkey(self._key, "pad", self._context, tensor_name.encode())
         return np.frombuffer(keystream(pad_key, 4 * count), dtype=np.uint32)
 
-    def tags(self, words: np.ndarray, pads: np.ndarray) -> np.ndarray:
-        """words: (R, W) uint32; pads: (R,) uint32 -> (R,) uint32 tags."""
-        acc = words.astype(np.uint64) @ self._a[1:]
-        hashed = ((acc + self._a[0]) >> np.uint64(32)).astype(np.uint32)
-        return hashed + pads  # uint32 arithmetic wraps mod 2^32
+    def tags(self, *parts: np.ndarray, pads: np.ndarray) -> np.ndarray:
+        """parts: (R, W_i) uint32 arrays, together a block's words; pads: (R,) uint32 -> (R,) tags."""
+        acc = np.full(pads.shape[0], self._a[0], dtype=np.uint64)
+        start = 1
+        for words in parts:
+            acc += words.astype(np.uint64) @ self._a[start : start + words.shape[1]]
+            start += words.shape[1]
+        return (acc >> np.uint64(32)).astype(np.uint32) + pads  # uint32 arithmetic wraps mod 2^32
 
 
 def side_tag(key: bytes, context: bytes, label: str, payload: bytes) -> bytes:
