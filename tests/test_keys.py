@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
 import os
 import stat
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -327,15 +324,7 @@ def test_signatures(fed: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def cli_main(monkeypatch: pytest.MonkeyPatch):
-    """common.cli.main; stands in for the watermark commands if they are not there yet."""
-    try:
-        importlib.import_module("common.cli_watermark")
-    except ImportError:
-        stub = types.ModuleType("common.cli_watermark")
-        stub.register = lambda sub: None
-        monkeypatch.setitem(sys.modules, "common.cli_watermark", stub)
-        monkeypatch.setattr(sys.modules["common"], "cli_watermark", stub, raising=False)
+def cli_main():
     from common import cli
 
     return cli.main
