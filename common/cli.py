@@ -19,12 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_watermark.register(sub)
     from common import cli_keys; cli_keys.register(sub)  # noqa: E702
-    try:  # the simulation commands need Flower; they live outside common/
-        from server import cli_simulate
-    except ImportError:  # pragma: no cover - only while server/ is absent
-        pass
-    else:
-        cli_simulate.register(sub)
+    from common import cli_data
+
+    cli_data.register(sub)
+    from server import cli_simulate  # needs Flower, so it lives outside common/
+
+    cli_simulate.register(sub)
     return parser
 
 

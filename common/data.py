@@ -218,3 +218,14 @@ def load_csv(path: str | Path, label_column: str, info: DatasetInfo) -> tuple[np
     x = np.asarray(features, dtype=np.float64)
     (x,) = standardize(x, per_feature=info.image_shape is None)
     return x, np.asarray(labels, dtype=np.int64)
+
+
+def write_csv(path: str | Path, x: np.ndarray, y: np.ndarray, label_column: str = "label",
+              feature_names: list[str] | None = None) -> None:
+    """Write features and labels as a site CSV (header row; label last)."""
+    names = feature_names or [f"f{i}" for i in range(x.shape[1])]
+    with Path(path).open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*names, label_column])
+        for row, label in zip(x, y):
+            writer.writerow([*(repr(float(v)) for v in row), int(label)])

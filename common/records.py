@@ -49,10 +49,17 @@ def folder_is_free(path: str | Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder and os.replace."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _default_mode())  # mkstemp makes 0600; records are ordinary files
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -73,6 +80,7 @@ def save_arrays(path: str | Path, arrays: dict[str, np.ndarray], metadata: dict[
     """Save named arrays as safetensors, atomically."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _default_mode())
     os.close(fd)
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata=metadata)
