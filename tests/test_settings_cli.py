@@ -1,0 +1,117 @@
+"""RunSettings validation, run-config parity with pyproject.toml, and CLI input errors (exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.cli import main
+from common.data import write_csv
+from common.errors import InputError
+from common.settings import RUN_CONFIG_KEYS, RunSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_run_config_matches_settings_defaults():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert config["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}
+    assert config["config"] == RunSettings().to_run_config()
+    assert set(config["config"]) == set(RUN_CONFIG_KEYS)
+
+
+def test_run_config_round_trip():
+    s = RunSettings(dataset="digits", num_rounds=3, partition="dirichlet:0.3", seed=9, out_dir="/x")
+    assert RunSettings.from_run_config(s.to_run_config()) == s
+    assert RunSettings.from_run_config({"lr": 1}).lr == 1.0  # TOML may give an int
+
+
+@pytest.mark.parametrize("config,msg", [
+    ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+    ({"num-rounds": 0}, "num-rounds must be an integer >= 1"),
+    ({"local-epochs": 1.5}, "local-epochs must be an integer"),
+    ({"lr": -1.0}, "lr must be a number > 0"),
+    ({"batch-size": 0}, "batch-size"),
+    ({"partition": "dirichlet:-1"}, "ALPHA"),
+    ({"secure-mode": "he"}, "unknown secure-mode 'he'"),
+    ({"min-clients": 0}, "min-clients"),
+    ({"rounds": 3}, "unknown run-config key\\(s\\): rounds"),
+])
+def test_settings_validation(config, msg):
+    with pytest.raises(InputError, match=msg):
+        RunSettings.from_run_config(config)
+
+
+def _run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+    (["--clients", "1"], "--clients must be at least 2, got 1"),
+    (["--clients", "500"], "--clients 500 is more than the 456 training examples of breast-cancer"),
+    (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+    (["--partition", "shards"], "unknown partition 'shards'"),
+    (["--lr", "0"], "lr must be a number > 0"),
+    (["--clients", "3", "--min-clients", "4"], "--min-clients 4 is more than --clients 3"),
+])
+def test_simulate_bad_flags_exit_2_with_one_line(args, msg, capsys, tmp_path):
+    try:
+        code, out, err = _run_cli(["simulate", "--out", str(tmp_path / "run"), *args], capsys)
+    except SystemExit as exc:  # argparse choices: exit 2 with usage + one error line
+        code, err = exc.code, capsys.readouterr().err
+    assert code == 2
+    assert msg in err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_simulate_refuses_non_empty_out(tmp_path, capsys):
+    (tmp_path / "old.txt").write_text("keep me")
+    code, out, err = _run_cli(["simulate", "--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [f"fedseal: error: --out {tmp_path}: folder exists and is not empty "
+                                        f"(use --force to reuse it)"]
+    assert (tmp_path / "old.txt").read_text() == "keep me"
+
+
+def test_check_data(tmp_path, capsys):
+    import numpy as np
+
+    good = tmp_path / "good.csv"
+    write_csv(good, np.random.default_rng(0).normal(size=(6, 30)), np.array([0, 1, 0, 1, 1, 1]), "diagnosis")
+    code, out, _ = _run_cli(["check-data", str(good), "--label-column", "diagnosis"], capsys)
+    assert code == 0 and "6 rows, 30 features, class counts [2, 4]" in out
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(good.read_text().replace(good.read_text().splitlines()[2].split(",")[1], "n/a", 1))
+    for args, msg in [
+        ([str(tmp_path / "missing.csv")], "missing.csv: no such file"),
+        ([str(good), "--label-column", "label"], "no label column 'label'"),
+        ([str(bad), "--label-column", "diagnosis"], "line 3, column 'f1': 'n/a' is not a finite number"),
+    ]:
+        code, out, err = _run_cli(["check-data", *args], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and msg in err, err
+
+
+def test_real_process_exit_status_and_no_traceback(tmp_path):
+    """Through the console entry point in a fresh interpreter, as a user runs it."""
+    proc = subprocess.run([sys.executable, "-m", "common.cli", "simulate", "--rounds", "0"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["fedseal: error: --rounds must be at least 1, got 0"]
+
+
+def test_simulate_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--dataset", "--clients", "--rounds", "--partition", "--seed", "--local-epochs", "--lr",
+                 "--batch-size", "--min-clients", "--secure-mode", "--out", "--force", "--verbose"):
+        assert flag in out

@@ -1,0 +1,91 @@
+"""End to end: `fedseal simulate` with 3 sites and 2 rounds, twice (same seed, same results)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import records
+from common.models import array_spec, get_arrays, initial_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _processes_with_marker(marker: str) -> list[int]:
+    """PIDs whose environment carries `marker` (inherited by everything the run started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes() and "Z" != (entry / "stat").read_text().split()[2]:
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def _simulate(out: Path) -> subprocess.CompletedProcess:
+    marker = f"FEDSEAL_TEST_RUN={uuid.uuid4().hex}"
+    env = dict(os.environ, FEDSEAL_TEST_RUN=marker.split("=")[1])
+    proc = subprocess.run(
+        [sys.executable, "-m", "common.cli", "simulate", "--dataset", "breast-cancer", "--clients", "3",
+         "--rounds", "2", "--seed", "0", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr + (out / "simulation.log").read_text()[-3000:]
+    assert _processes_with_marker(marker) == [], "a process of the run survived the command"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sim")
+    return [(base / name, _simulate(base / name)) for name in ("a", "b")]
+
+
+def test_progress_lines_and_final_table(two_runs):
+    out = two_runs[0][1].stdout
+    lines = out.splitlines()
+    assert sum(line.startswith("round ") and "accuracy" in line and " s " in line for line in lines) == 2
+    assert "final accuracy" in out and "centralized" in out
+
+
+def test_every_record_written(two_runs):
+    folder = two_runs[0][0]
+    summary = json.loads((folder / records.SUMMARY).read_text())
+    assert summary["dataset"] == "breast-cancer" and summary["clients"] == 3
+    assert summary["secure_mode"] == "none"
+    assert summary["final_accuracy"] > 0.9  # chance is about 0.63 (majority class)
+    assert summary["centralized_accuracy"] > 0.9
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    expected_bytes = sum(a.nbytes for a in get_arrays(initial_model("breast-cancer", 0)).values()) * 3
+    for r in rounds:
+        assert r["clients_used"] == 3 and r["rejected"] == [] and r["recovered"] == []
+        assert r["seconds"] > 0 and 0 <= r["loss"] < 1
+        assert expected_bytes <= r["bytes_up"] < expected_bytes * 1.2 and r["bytes_down"] == r["bytes_up"]
+    assert records.read_jsonl(folder / records.ROUNDS) == rounds
+    assert (folder / records.AUDIT).read_text() == ""
+    model = records.load_arrays(folder / records.MODEL)
+    assert array_spec(model) == array_spec(get_arrays(initial_model("breast-cancer", 0)))
+    assert sorted(p.name for p in (folder / records.CHECKPOINTS).iterdir()) == [
+        "round-0001.safetensors", "round-0002.safetensors"]
+    assert all(np.array_equal(model[k], v) for k, v in
+               records.load_arrays(folder / records.CHECKPOINTS / "round-0002.safetensors").items())
+
+
+def test_same_seed_same_results(two_runs):
+    (a, _), (b, _) = two_runs
+    sa, sb = (json.loads((f / records.SUMMARY).read_text()) for f in (a, b))
+    assert sa["final_accuracy"] == sb["final_accuracy"]
+    assert [r["loss"] for r in sa["rounds"]] == [r["loss"] for r in sb["rounds"]]
+    ma, mb = records.load_arrays(a / records.MODEL), records.load_arrays(b / records.MODEL)
+    assert all(np.array_equal(ma[k], mb[k]) for k in ma)

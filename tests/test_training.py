@@ -1,0 +1,67 @@
+"""common/models.py, common/training.py and server/aggregation.py (FedAvg)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common import data, models, training
+from server.aggregation import Update, fedavg
+
+
+@pytest.mark.parametrize("name,classes", [("breast-cancer", 2), ("digits", 10)])
+def test_models_output_shape_and_arrays_round_trip(name, classes):
+    model = models.initial_model(name, 0)
+    x = torch.zeros(4, data.dataset_info(name).n_features)
+    assert model(x).shape == (4, classes)
+    arrays = models.get_arrays(model)
+    assert all(a.dtype == np.float32 for a in arrays.values())
+    other = models.initial_model(name, 1)
+    models.set_arrays(other, arrays)
+    assert all(np.array_equal(arrays[k], v) for k, v in models.get_arrays(other).items())
+
+
+def test_initial_model_is_seeded():
+    a = models.get_arrays(models.initial_model("digits", 3))
+    b = models.get_arrays(models.initial_model("digits", 3))
+    c = models.get_arrays(models.initial_model("digits", 4))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_training_is_deterministic_and_learns():
+    x, y = data.load_partition("breast-cancer", 0, 2, "iid", 0)
+    split = data.load_split("breast-cancer")
+    results = []
+    for _ in range(2):
+        model = models.initial_model("breast-cancer", 0)
+        training.train(model, x, y, epochs=3, lr=0.05, batch_size=32, seed=training.derive_seed(0, 1, "p0"))
+        results.append(models.get_arrays(model))
+    assert all(np.array_equal(results[0][k], results[1][k]) for k in results[0])
+    assert training.evaluate(model, split.x_test, split.y_test).accuracy > 0.9
+
+
+def test_derive_seed_differs_per_part():
+    assert training.derive_seed(0, 1, "partition-0") != training.derive_seed(0, 1, "partition-1")
+    assert training.derive_seed(0, 1, "partition-0") != training.derive_seed(0, 2, "partition-0")
+    assert 0 <= training.derive_seed("x") < 2**63
+
+
+def test_fedavg_weighted_float32_and_order_independent():
+    rng = np.random.default_rng(0)
+    ups = [Update(str(i), {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)},
+                  n) for i, n in enumerate([10, 30, 60])]
+    avg = fedavg(ups)
+    expected = sum(u.arrays["w"].astype(np.float64) * u.num_examples for u in ups) / 100
+    assert avg["w"].dtype == np.float32
+    np.testing.assert_allclose(avg["w"], expected, rtol=1e-5, atol=1e-6)
+    again = fedavg(list(reversed(ups)))
+    assert all(np.array_equal(avg[k], again[k]) for k in avg)  # bit-identical
+    with pytest.raises(ValueError):
+        fedavg([])
+
+
+def test_centralized_reference_learns():
+    ref = training.centralized_reference("breast-cancer", epochs=5, lr=0.05, batch_size=32, seed=0)
+    assert ref.accuracy > 0.93 and ref.num_examples == len(data.load_split("breast-cancer").y_test)
