@@ -99,7 +99,7 @@ def test_layout_test_vector():
     assert digest == WATERMARK_VECTOR
 
 
-WATERMARK_VECTOR = "085aa2cadf51433e3b3b61a1580d3ae8c21e6b29b4603c1ad5f883f5cb9b202d"
+WATERMARK_VECTOR = "6187cea580bf73d593d305497f15fc68f06c31d73ff3c3ab099ae9019bb9bfaf"
 
 
 def test_no_false_positive_over_1000_clean_verifications():

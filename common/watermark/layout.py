@@ -15,6 +15,7 @@ full blocks chosen by a keyed permutation; a few more blocks hold copies of the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from common.watermark.tags import SIDE_TAG_BYTES, TAG_BYTES, keyed_permutation
 FORMAT = "fedseal-watermark-v1"
 HEADER_COPIES = 3
 MAX_GROUP_SHARDS = 49152  # leopard: up to 49152 originals with up to 16384 recovery shards
+# Below this many storage blocks a group packs one remainder unit per block: packing several
+# would let one tampered block erase the remainder layer of several parity shards at once,
+# which a small model's few parity shards cannot absorb.
+SMALL_GROUP_BLOCKS = 256
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Group:
     shards: np.ndarray  # data-shard indices, in code order
     storage: np.ndarray  # full-block rows holding this group's parity units
     parity: int  # number of parity shards
+    rem_per_block: int  # remainder units packed into one parity area
 
 
 @dataclass
@@ -235,9 +241,12 @@ def _place(layout: Layout, key: bytes) -> None:
     while True:
         shard_parts = np.array_split(order, ngroups)
         storage_parts = np.array_split(storage, ngroups)
-        groups = [
-            Group(s, st, max_parity(geometry, len(st))) for s, st in zip(shard_parts, storage_parts, strict=True)
-        ]
+        groups = []
+        for shards, blocks in zip(shard_parts, storage_parts, strict=True):
+            g = geometry
+            if g.rem and len(blocks) < SMALL_GROUP_BLOCKS:
+                g = dataclasses.replace(g, rem_per_block=1)
+            groups.append(Group(shards, blocks, max_parity(g, len(blocks)), g.rem_per_block))
         if all(reed_solomon_leopard.supports(len(g.shards), max(1, g.parity)) for g in groups):
             break
         ngroups += 1
@@ -247,12 +256,12 @@ def _place(layout: Layout, key: bytes) -> None:
 def unit_locations(layout: Layout, group: Group) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each layer-group: (storage row, byte offset in its parity area) of every parity shard."""
     geometry = unit_geometry(layout.k)
-    n = group.parity
+    n, per_block = group.parity, group.rem_per_block
     out = []
     for layer in range(geometry.full_layers):
         out.append((group.storage[layer * n : (layer + 1) * n], np.zeros(n, dtype=np.int64)))
     if geometry.rem:
         j = np.arange(n)
         base = geometry.full_layers * n
-        out.append((group.storage[base + j // geometry.rem_per_block], (j % geometry.rem_per_block) * geometry.rem))
+        out.append((group.storage[base + j // per_block], (j % per_block) * geometry.rem))
     return out
