@@ -1,51 +1,110 @@
 """FedSeal's ClientApp: one site's side of a round (DESIGN.md §4 steps 2-3).
 
-Load the global model (seam: verify/recover it), train locally, build the reply payload
-(seam: seal it), reply with the number of examples.
+Verify the signed, watermarked global model (recover it if tampered, refuse it if beyond
+recovery), train locally, seal the trained weights with the site's own key, reply.
 """
 
 from __future__ import annotations
 
+import secrets
 import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common import wire
+from common import inject, wire
 from common.data import dataset_info, load_csv, load_partition
 from common.errors import InputError
+from common.keys import ClientKeys, client_dir
 from common.models import build_model, get_arrays, set_arrays
+from common.seal import SealError, receive_global, seal_update
 from common.settings import RunSettings
 from common.training import derive_seed, train as train_model
 
 app = ClientApp()
 
+LAST_REPLY = "fedseal-last-reply"  # context.state: this site's previous sealed reply (for replay injection)
+
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on this site's data and reply with the result."""
+    """Verify the global model, train on this site's data, reply with sealed weights."""
     torch.set_num_threads(1)
     settings = RunSettings.from_run_config(context.run_config)
-    server_round = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
+    config = msg.content[wire.CONFIG]
+    server_round = int(config[wire.SERVER_ROUND])
+    run_name = str(config[wire.RUN_NAME])
     x, y, site_key = load_site_data(settings, context.node_config)
+    client_id, keys = load_site_keys(context.node_config, config)
+    sim_id = _simulation_id(context.node_config)
 
-    # Step 2a: receive the global model (seam: verify watermark + signature, recover).
-    global_arrays = receive_global_model(msg.content[wire.ARRAYS])
+    def injected(kind: str) -> bool:
+        return sim_id is not None and inject.wanted(settings.injections, kind, sim_id, server_round)
+
+    def rng(kind: str) -> np.random.Generator:
+        return np.random.default_rng(derive_seed(settings.seed, kind, client_id, server_round))
+
+    # Step 2a: verify the watermark and the signature; recover or refuse.
+    model = build_model(settings.dataset)
+    received = {name: arr.numpy() for name, arr in msg.content[wire.ARRAYS].items()}
+    if injected("tamper-global"):
+        received = inject.tamper_global(received, rng("tamper-global"))
+    if injected("corrupt-global"):
+        received = inject.corrupt_global(received, rng("corrupt-global"))
+    try:
+        opened = receive_global(received, bytes(config[wire.SIGNATURE]), keys.watermark_key,
+                                keys.server_public_key, run_name, server_round, expected=get_arrays(model))
+    except SealError as exc:
+        return refuse(msg, client_id, exc.reason)
 
     # Step 2b: train locally, seeded by (run seed, round, site).
-    model = build_model(settings.dataset)
-    set_arrays(model, global_arrays)
+    set_arrays(model, opened.arrays)
     loss = train_model(model, x, y, epochs=settings.local_epochs, lr=settings.lr,
                        batch_size=settings.batch_size, seed=derive_seed(settings.seed, server_round, site_key))
 
-    # Step 3: build the reply payload (seam: seal it with the site's round key).
+    # Step 3: seal the trained weights with this site's key, bound to run, round and site.
+    seal_key = secrets.token_bytes(32) if injected("forge-update") else keys.seal_key
+    payload = build_payload(seal_update(get_arrays(model), seal_key, run_name, server_round, client_id))
+    if injected("tamper-update"):
+        payload = build_payload(inject.flip_bits(_arrays(payload), rng("tamper-update")))
+    previous = context.state.get(LAST_REPLY)
+    context.state[LAST_REPLY] = payload
+    if injected("replay-update") and isinstance(previous, ArrayRecord):
+        payload = previous
     content = RecordDict({
-        wire.ARRAYS: build_payload(get_arrays(model)),
-        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: int(len(y)), wire.TRAIN_LOSS: float(loss)}),
+        wire.ARRAYS: payload,
+        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: int(len(y)), wire.TRAIN_LOSS: float(loss),
+                                    wire.GLOBAL_RECOVERED: int(opened.recovered)}),
+        wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id}),
     })
     return Message(content=content, reply_to=msg)
+
+
+def refuse(msg: Message, client_id: str, reason: str) -> Message:
+    """Reply that this site refuses the round, and why (it does not train on a bad model)."""
+    content = RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id, wire.REFUSED: reason})})
+    return Message(content=content, reply_to=msg)
+
+
+def _simulation_id(node_config: dict) -> int | None:
+    return int(node_config[wire.PARTITION_ID]) if wire.PARTITION_ID in node_config else None
+
+
+def load_site_keys(node_config: dict, config: ConfigRecord) -> tuple[str, ClientKeys]:
+    """This site's id and keys: from node config `keys-dir` (and `client-id`) in deployment; in
+    simulation, partition `partition-id`'s folder of the keys the run made."""
+    if wire.KEYS_DIR in node_config:
+        folder = Path(str(node_config[wire.KEYS_DIR]))
+        client_id = str(node_config.get(wire.CLIENT_ID, folder.name))
+    elif wire.PARTITION_ID in node_config and wire.SIM_KEYS_DIR in config:
+        client_id = str(int(node_config[wire.PARTITION_ID]))
+        folder = client_dir(str(config[wire.SIM_KEYS_DIR]), client_id)
+    else:
+        raise InputError(f"node config needs {wire.KEYS_DIR!r}: this site's key folder")
+    return client_id, ClientKeys.load(folder, client_id=client_id)
 
 
 def load_site_data(settings: RunSettings, node_config: dict) -> tuple[np.ndarray, np.ndarray, str]:
@@ -67,11 +126,10 @@ def load_site_data(settings: RunSettings, node_config: dict) -> tuple[np.ndarray
                      f"{wire.PARTITION_ID!r}/{wire.NUM_PARTITIONS!r} (simulation)")
 
 
-def receive_global_model(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """The global model as numpy arrays. Seam: verify/recover the watermarked model here."""
+def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: arr.numpy() for name, arr in record.items()}
 
 
 def build_payload(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """The record a site returns. Seam: the site's fragile seal (or mask/ciphertext) goes here."""
+    """The record a site returns (its sealed weights)."""
     return ArrayRecord({name: Array(value) for name, value in arrays.items()})

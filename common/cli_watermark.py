@@ -11,9 +11,8 @@ from pathlib import Path
 from common import modelio, watermark
 from common.errors import InputError
 from common.keys import load_secret, write_private
+from common.records import CONTEXT_KEY
 from common.watermark.bits import ALLOWED_K
-
-MANIFEST_KEY = "fedseal.watermark"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,8 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _key_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", required=True, metavar="KEY", help="watermark key file (from `fedseal keygen`)")
-    p.add_argument("--context", default="", metavar="TEXT",
-                   help="what the watermark is bound to, e.g. run id and round (default: empty)")
+    p.add_argument("--context", default=None, metavar="TEXT",
+                   help="what the watermark is bound to, e.g. run and round. Default: the context a FedSeal "
+                   "run wrote into the file's metadata, else empty. A model checked under another context fails.")
 
 
 def _check_output(path: str, force: bool, source: str) -> None:
@@ -101,24 +101,32 @@ def _watermark(args) -> int:
     _check_output(args.output, args.force, args.input)
     key = load_secret(args.key)
     state, _ = modelio.load_state(args.input)
+    args.context = args.context or ""
     marked = watermark.embed(state, key, args.context, k=args.k)
-    modelio.save_state(args.output, marked, {MANIFEST_KEY: watermark.manifest_of(marked, args.k)})
+    metadata = {watermark.MANIFEST_KEY: watermark.manifest_of(marked, args.k)}
+    if args.context:
+        metadata[CONTEXT_KEY] = args.context
+    modelio.save_state(args.output, marked, metadata)
     params = sum(a.size for a in marked.values())
     print(f"watermarked {len(marked)} tensors ({params:,} parameters, k={args.k}) -> {args.output}")
     return 0
 
 
-def _load_marked(path: str):
+def _load_marked(path: str, context: str | None):
+    """Tensors, manifest and the context to check under (flag, else the file's, else empty)."""
     state, metadata = modelio.load_state(path)
-    return state, metadata.get(MANIFEST_KEY)
+    if context is None:
+        context = metadata.get(CONTEXT_KEY, "")
+    return state, metadata.get(watermark.MANIFEST_KEY), context
 
 
-def _print_report(report: watermark.WatermarkReport, as_json: bool, verb: str) -> None:
+def _print_report(report: watermark.WatermarkReport, as_json: bool, verb: str, context: str) -> None:
     if as_json:
-        print(json.dumps(report.to_json()))
+        print(json.dumps({**report.to_json(), "context": context}))
         return
     state = "intact" if report.intact else "TAMPERED"
-    print(f"{verb}: {state}: {report.tampered_blocks} of {report.total_blocks} blocks fail the check")
+    print(f"{verb}: {state}: {report.tampered_blocks} of {report.total_blocks} blocks fail the check "
+          f"(context {context!r})")
     for problem in report.problems:
         print(f"  problem: {problem}")
     for name, damage in report.tensors.items():
@@ -135,20 +143,23 @@ def _print_report(report: watermark.WatermarkReport, as_json: bool, verb: str) -
 
 def _verify(args) -> int:
     key = load_secret(args.key)
-    state, manifest = _load_marked(args.input)
-    report = watermark.verify(state, key, args.context, manifest=manifest)
-    _print_report(report, args.json, "verify")
+    state, manifest, context = _load_marked(args.input, args.context)
+    report = watermark.verify(state, key, context, manifest=manifest)
+    _print_report(report, args.json, "verify", context)
     return 0 if report.intact else 1
 
 
 def _recover(args) -> int:
     _check_output(args.output, args.force, args.input)
     key = load_secret(args.key)
-    state, manifest = _load_marked(args.input)
-    restored, report = watermark.recover(state, key, args.context, manifest=manifest)
+    state, manifest, context = _load_marked(args.input, args.context)
+    restored, report = watermark.recover(state, key, context, manifest=manifest)
     k = json.loads(manifest)["k"] if manifest else watermark.DEFAULT_K
-    modelio.save_state(args.output, restored, {MANIFEST_KEY: watermark.manifest_of(restored, k)})
-    _print_report(report, args.json, "recover")
+    metadata = {watermark.MANIFEST_KEY: watermark.manifest_of(restored, k)}
+    if context:
+        metadata[CONTEXT_KEY] = context
+    modelio.save_state(args.output, restored, metadata)
+    _print_report(report, args.json, "recover", context)
     return 0 if report.intact else 1
 
 

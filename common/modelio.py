@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,20 +51,11 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
 
 def save_state(path: str | os.PathLike, state: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically: a reader never sees a half-written file."""
-    from safetensors.numpy import save
+    from common.records import save_arrays
 
     path = Path(path)
     if path.suffix in TORCH_SUFFIXES:
         raise InputError(f"{path}: FedSeal writes safetensors files; use a .safetensors name")
-    blob = save({n: np.ascontiguousarray(a) for n, a in state.items()}, metadata=metadata)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InputError(f"{directory}: no such directory")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: no such directory")
+    save_arrays(path, state, metadata)

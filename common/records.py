@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 SUMMARY = "summary.json"
 ROUNDS = "rounds.jsonl"
 AUDIT = "audit.jsonl"
 MODEL = "model.safetensors"
 CHECKPOINTS = "checkpoints"
+CONTEXT_KEY = "fedseal.context"  # metadata: the watermark context of a published model
+SIGNATURE_KEY = "fedseal.signature"  # metadata: the server's Ed25519 signature (hex)
 
 
 @dataclass
@@ -77,22 +79,25 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_arrays(path: str | Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Save named arrays as safetensors, atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _default_mode())
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Save named arrays as safetensors, atomically, as an ordinary (not private) file."""
+    from safetensors.numpy import save
+
+    atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata))
 
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Load named arrays from a safetensors file."""
     return load_file(str(path))
+
+
+def published_metadata(arrays: dict[str, np.ndarray], context: str, signature: bytes,
+                       extra: dict[str, str] | None = None) -> dict[str, str]:
+    """File metadata of a published (watermarked, signed) global model: what `fedseal verify`
+    needs besides the key (the tensor manifest and the context), and the server's signature."""
+    from common import watermark
+
+    return {watermark.MANIFEST_KEY: watermark.manifest_of(arrays), CONTEXT_KEY: context,
+            SIGNATURE_KEY: signature.hex(), **(extra or {})}
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -116,11 +121,28 @@ class RunRecorder:
     rounds.jsonl and audit.jsonl files.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, *, resume: bool = False) -> None:
         self.folder = Path(folder).resolve()
         (self.folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         for name in (ROUNDS, AUDIT):
-            atomic_write_bytes(self.folder / name, b"")
+            if not resume or not (self.folder / name).exists():
+                atomic_write_bytes(self.folder / name, b"")
+
+    def resume(self) -> tuple[list[RoundRecord], dict[str, np.ndarray] | None]:
+        """The rounds completed so far and the global model after the last of them.
+
+        A round counts as completed once its checkpoint and its rounds.jsonl line exist;
+        a half-finished round is dropped from rounds.jsonl and run again."""
+        done = [RoundRecord(**r) for r in read_jsonl(self.folder / ROUNDS)]
+        while done and not self._checkpoint_path(done[-1].round).exists():
+            done.pop()
+        atomic_write_bytes(self.folder / ROUNDS, b"".join((json.dumps(r.to_json()) + "\n").encode() for r in done))
+        if not done:
+            return [], None
+        return done, load_arrays(self._checkpoint_path(done[-1].round))
+
+    def _checkpoint_path(self, server_round: int) -> Path:
+        return self.folder / CHECKPOINTS / f"round-{server_round:04d}.safetensors"
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
         line = (json.dumps(record, sort_keys=False) + "\n").encode()
@@ -139,8 +161,15 @@ class RunRecorder:
 
     def checkpoint(self, arrays: dict[str, np.ndarray], server_round: int) -> Path:
         """Save the global model after `server_round` under checkpoints/."""
-        path = self.folder / CHECKPOINTS / f"round-{server_round:04d}.safetensors"
+        path = self._checkpoint_path(server_round)
         save_arrays(path, arrays, {"round": str(server_round)})
+        return path
+
+    def save_published(self, arrays: dict[str, np.ndarray], server_round: int, context: str,
+                       signature: bytes) -> Path:
+        """Keep the watermarked, signed global model published in `server_round`."""
+        path = self.folder / CHECKPOINTS / f"global-round-{server_round:04d}.safetensors"
+        save_arrays(path, arrays, published_metadata(arrays, context, signature, {"round": str(server_round)}))
         return path
 
     def save_model(self, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> Path:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from common.data import DATASETS, parse_partition
 from common.errors import InputError
+from common.inject import Injection, parse as parse_injections
 
 SECURE_MODES = ("none",)  # "masked" and "he" join later
 
@@ -28,7 +29,15 @@ RUN_CONFIG_KEYS = {
     "secure-mode": "secure_mode",
     "min-clients": "min_clients",
     "out-dir": "out_dir",
+    "aggregator": "aggregator",
+    "on-tamper": "on_tamper",
+    "inject": "inject",
+    "keys-dir": "keys_dir",
+    "resume": "resume",
 }
+
+AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
+ON_TAMPER = ("reject", "recover")
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,15 @@ class RunSettings:
         min_clients (int, 2): sites the server waits for, and the fewest accepted replies
             that update the model in a round, >= 1.
         out_dir (str, ""): run folder; "" means runs/<timestamp> under the server's cwd.
+        aggregator (str, "fedavg"): fedavg, or a robust one for `none` mode: median,
+            trimmed-mean, krum.
+        on_tamper (str, "reject"): a reply whose seal fails is rejected; with "recover" it is
+            restored bit-exactly and accepted when within the recovery bound.
+        inject (str, ""): simulation fault injection, comma-separated KIND:CLIENT:ROUND
+            (see common/inject.py).
+        keys_dir (str, ""): the federation's key folder (from `fedseal keys init`) holding
+            server/; "" means the run makes its own keys in <run folder>/keys.
+        resume (bool, False): continue the run in out_dir after its last completed round.
     """
 
     dataset: str = "breast-cancer"
@@ -59,6 +77,11 @@ class RunSettings:
     secure_mode: str = "none"
     min_clients: int = 2
     out_dir: str = ""
+    aggregator: str = "fedavg"
+    on_tamper: str = "reject"
+    inject: str = ""
+    keys_dir: str = ""
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -75,6 +98,20 @@ class RunSettings:
             raise InputError(f"unknown secure-mode {self.secure_mode!r}; choose one of: {', '.join(SECURE_MODES)}")
         if not isinstance(self.out_dir, str):
             raise InputError(f"out-dir must be a string, got {self.out_dir!r}")
+        if self.aggregator not in AGGREGATORS:
+            raise InputError(f"unknown aggregator {self.aggregator!r}; choose one of: {', '.join(AGGREGATORS)}")
+        if self.on_tamper not in ON_TAMPER:
+            raise InputError(f"on-tamper must be one of: {', '.join(ON_TAMPER)}; got {self.on_tamper!r}")
+        parse_injections(self.inject)
+        if not isinstance(self.keys_dir, str):
+            raise InputError(f"keys-dir must be a string, got {self.keys_dir!r}")
+        if not isinstance(self.resume, bool):
+            raise InputError(f"resume must be true or false, got {self.resume!r}")
+
+    @property
+    def injections(self) -> tuple[Injection, ...]:
+        """The parsed fault injections."""
+        return parse_injections(self.inject)
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> "RunSettings":

@@ -13,6 +13,12 @@ CONFIG = "config"  # ConfigRecord: instructions from the server
 NUM_EXAMPLES = "num-examples"  # METRICS: training examples used by the site (FedAvg weight)
 TRAIN_LOSS = "train-loss"  # METRICS: mean training loss of the last local epoch
 SERVER_ROUND = "server-round"  # CONFIG: the round number (1-based)
+RUN_NAME = "run-name"  # CONFIG: the run's name, bound into every watermark and seal context
+SIGNATURE = "signature"  # CONFIG: the server's Ed25519 signature over the global model's digest
+SIM_KEYS_DIR = "sim-keys-dir"  # CONFIG: simulation only: where the run made its keys
+CLIENT_ID = "client-id"  # CONFIG (reply) and node config: the site's id (its seal key's name)
+REFUSED = "refused"  # CONFIG (reply): why the site refused the global model
+GLOBAL_RECOVERED = "global-recovered"  # METRICS: 1 if the site had to recover the global model
 
 # Message types (Flower's "train" / "evaluate" / "query.<name>")
 TRAIN = "train"
@@ -22,3 +28,4 @@ PARTITION_ID = "partition-id"  # simulation: which partition this site holds
 NUM_PARTITIONS = "num-partitions"  # simulation: number of sites
 DATA_PATH = "data-path"  # deployment: the site's own CSV file
 LABEL_COLUMN = "label-column"  # deployment: the CSV column holding the class label
+KEYS_DIR = "keys-dir"  # deployment: the site's key folder (DIR/clients/<id> of `fedseal keys init`)

@@ -20,11 +20,13 @@ from flwr.serverapp import Grid, ServerApp
 from common import wire
 from common.data import load_split
 from common.models import array_spec, get_arrays, initial_model, set_arrays
-from common.records import RoundRecord, RunRecorder
+from common.keys import ServerKeys, init_federation
+from common.records import RoundRecord, RunRecorder, published_metadata
+from common.seal import global_context, publish_global
 from common.settings import RunSettings
 from common.training import EvalResult, centralized_reference, evaluate
-from server.aggregation import Update, fedavg
-from server.checks import check_reply, payload_bytes
+from server.aggregation import Update, aggregate
+from server.checks import check_sealed_reply, payload_bytes
 
 app = ServerApp()
 
@@ -35,67 +37,108 @@ NODE_WAIT_LOG_SECONDS = 10
 def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config, writing the run folder."""
     settings = RunSettings.from_run_config(context.run_config)
-    recorder = RunRecorder(resolve_out_dir(settings, context.run_id))
+    folder = resolve_out_dir(settings, context.run_id)
+    recorder = RunRecorder(folder, resume=settings.resume)
+    run_name = recorder.folder.name
     log(INFO, "FedSeal run folder: %s", recorder.folder)
+    node_ids = wait_for_nodes(grid, settings.min_clients)
+    keys_root = Path(settings.keys_dir) if settings.keys_dir else recorder.folder / "keys"
+    keys = load_or_make_keys(keys_root, len(node_ids), simulation=not settings.keys_dir)
     global_arrays = get_arrays(initial_model(settings.dataset, settings.seed))
     spec = array_spec(global_arrays)
     rounds: list[RoundRecord] = []
+    if settings.resume:
+        rounds, global_arrays = recorder.resume()
+        log(INFO, "Resuming after round %d", len(rounds))
 
-    for server_round in range(1, settings.num_rounds + 1):
+    for server_round in range(len(rounds) + 1, settings.num_rounds + 1):
         started = time.perf_counter()
         node_ids = wait_for_nodes(grid, settings.min_clients)
 
-        # 1. Prepare the global model (seam: embed the watermark and sign the digest here).
-        published = prepare_global_model(global_arrays, context.run_id, server_round)
+        # 1. Watermark the global model (bound to run and round), sign its digest, keep it.
+        published, signature = publish_global(global_arrays, keys.watermark_key, keys.signing_key, run_name,
+                                              server_round)
+        recorder.save_published(published, server_round, global_context(run_name, server_round), signature)
 
         # 2. Send train messages to every site and wait for the replies.
-        messages = [train_message(published, node_id, server_round) for node_id in node_ids]
+        record = to_record(published)
+        config = {wire.SERVER_ROUND: server_round, wire.RUN_NAME: run_name, wire.SIGNATURE: signature}
+        if not settings.keys_dir:
+            config[wire.SIM_KEYS_DIR] = str(keys_root)
+        messages = [train_message(record, config, node_id, server_round) for node_id in node_ids]
         replies = list(grid.send_and_receive(messages))
-        bytes_down = payload_bytes(published) * len(messages)
+        bytes_down = payload_bytes(record) * len(messages)
         bytes_up = sum(payload_bytes(r.content[wire.ARRAYS]) for r in replies
                        if not r.has_error() and isinstance(r.content.get(wire.ARRAYS), ArrayRecord))
 
-        # 3. Check every reply before it touches the aggregate; reject malformed ones.
+        # 3. Check every reply's structure and seal before it touches the aggregate.
         accepted: list[Update] = []
         rejected: list[str] = []
+        recovered: list[dict] = []
         for reply in replies:
-            verdict = check_reply(reply, spec)
-            if verdict.accepted:
-                accepted.append(verdict.update)
-            else:
+            verdict = check_sealed_reply(reply, spec, keys, run_name, server_round,
+                                         recover=settings.on_tamper == "recover")
+            if verdict.refused:
+                recorder.audit("global_refused", round=server_round, client=verdict.site, reason=verdict.reason)
+                log(WARNING, "Round %d: site %s refused the global model: %s", server_round, verdict.site,
+                    verdict.reason)
+                continue
+            if not verdict.accepted:
                 rejected.append(verdict.site)
-                recorder.audit("reply-rejected", round=server_round, site=verdict.site, reason=verdict.reason)
+                recorder.audit("update_rejected", round=server_round, client=verdict.site, reason=verdict.reason,
+                               tampered=verdict.tampered)
                 log(WARNING, "Round %d: rejected site %s: %s", server_round, verdict.site, verdict.reason)
+                continue
+            accepted.append(verdict.update)
+            if verdict.global_recovered:
+                recovered.append({"client": verdict.site, "what": "global-model"})
+                recorder.audit("global_recovered", round=server_round, client=verdict.site)
+            if verdict.update_recovered:
+                recovered.append({"client": verdict.site, "what": "update"})
+                recorder.audit("update_recovered", round=server_round, client=verdict.site,
+                               tampered=verdict.tampered)
         missing = len(messages) - len(replies)
         if missing:
-            recorder.audit("replies-missing", round=server_round, count=missing)
+            recorder.audit("replies_missing", round=server_round, count=missing)
 
-        # 4. Aggregate the accepted payloads (FedAvg weighted by num-examples, float32).
+        # 4. Aggregate the accepted payloads; too few: skip the round, keep the model.
         if len(accepted) >= settings.min_clients:
-            global_arrays = fedavg(accepted)
+            global_arrays = aggregate(settings.aggregator, accepted)
         else:
-            recorder.audit("round-not-aggregated", round=server_round, accepted=len(accepted),
+            recorder.audit("round_skipped", round=server_round, accepted=len(accepted),
                            min_clients=settings.min_clients)
+            log(WARNING, "Round %d skipped: %d accepted replies, %d needed; the global model stays as it was",
+                server_round, len(accepted), settings.min_clients)
 
         # 5. Evaluate centrally, record the round, checkpoint.
         result = evaluate_global(settings.dataset, global_arrays)
         record = RoundRecord(
             round=server_round, accuracy=result.accuracy, loss=result.loss,
             seconds=round(time.perf_counter() - started, 3), bytes_up=bytes_up, bytes_down=bytes_down,
-            clients_used=len(accepted), rejected=rejected, recovered=[],
+            clients_used=len(accepted), rejected=rejected, recovered=recovered,
         )
         rounds.append(record)
-        recorder.record_round(record)
         recorder.checkpoint(global_arrays, server_round)
+        recorder.record_round(record)
         log(INFO, "Round %d: accuracy %.4f loss %.4f (%d sites, %.1f s)", server_round,
             result.accuracy, result.loss, len(accepted), record.seconds)
 
-    recorder.save_model(global_arrays, {"dataset": settings.dataset, "rounds": str(settings.num_rounds)})
+    final_round = settings.num_rounds + 1
+    final, signature = publish_global(global_arrays, keys.watermark_key, keys.signing_key, run_name, final_round)
+    recorder.save_model(final, published_metadata(final, global_context(run_name, final_round), signature,
+                                                  {"dataset": settings.dataset, "rounds": str(settings.num_rounds)}))
     reference = centralized_reference(
         settings.dataset, epochs=settings.num_rounds * settings.local_epochs, lr=settings.lr,
         batch_size=settings.batch_size, seed=settings.seed,
     )
-    recorder.write_summary(build_summary(settings, context, rounds, reference, len(node_ids)))
+    recorder.write_summary(build_summary(settings, context, rounds, reference, len(node_ids), run_name))
+
+
+def load_or_make_keys(root: Path, clients: int, *, simulation: bool) -> ServerKeys:
+    """The server's keys under `root`; a simulation makes the federation's keys on first use."""
+    if simulation and not (root / "server").exists():
+        init_federation(root, clients)
+    return ServerKeys.load(root / "server")
 
 
 def resolve_out_dir(settings: RunSettings, run_id: int) -> Path:
@@ -116,16 +159,16 @@ def wait_for_nodes(grid: Grid, min_clients: int) -> list[int]:
     return node_ids
 
 
-def prepare_global_model(arrays: dict[str, np.ndarray], run_id: int, server_round: int) -> ArrayRecord:
-    """The record sent to sites. Seam: the watermark (bound to run/round) and signature go here."""
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Arrays as the record that crosses the wire."""
     return ArrayRecord({name: Array(value) for name, value in arrays.items()})
 
 
-def train_message(published: ArrayRecord, node_id: int, server_round: int) -> Message:
-    """A train instruction for one site."""
+def train_message(published: ArrayRecord, config: dict, node_id: int, server_round: int) -> Message:
+    """A train instruction for one site: the published model and the round's config."""
     content = RecordDict({
         wire.ARRAYS: published,
-        wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: server_round}),
+        wire.CONFIG: ConfigRecord(config),
     })
     return Message(content=content, dst_node_id=node_id, message_type=wire.TRAIN, group_id=str(server_round))
 
@@ -139,7 +182,7 @@ def evaluate_global(dataset: str, arrays: dict[str, np.ndarray]) -> EvalResult:
 
 
 def build_summary(settings: RunSettings, context: Context, rounds: list[RoundRecord],
-                  reference: EvalResult, clients: int) -> dict:
+                  reference: EvalResult, clients: int, run_name: str) -> dict:
     """summary.json: the settings, the final and centralized accuracy, every round."""
     return {
         "dataset": settings.dataset,
@@ -152,6 +195,10 @@ def build_summary(settings: RunSettings, context: Context, rounds: list[RoundRec
         "lr": settings.lr,
         "batch_size": settings.batch_size,
         "run_id": context.run_id,
+        "run_name": run_name,
+        "aggregator": settings.aggregator,
+        "on_tamper": settings.on_tamper,
+        "inject": settings.inject,
         "final_accuracy": rounds[-1].accuracy if rounds else None,
         "final_loss": rounds[-1].loss if rounds else None,
         "centralized_accuracy": reference.accuracy,

@@ -1,7 +1,8 @@
 """Check a site's reply before it touches the aggregate: accept, or reject with a reason.
 
-This is the seam where the seal check goes (DESIGN.md §4 step 4): a later mode verifies
-the seal on exactly the bytes received, here, before decoding anything else.
+DESIGN.md §4 step 4: the structure of the reply (names, dtypes, shapes, size, finite values),
+then the site's seal on exactly the bytes received. A refusal of the global model by the
+site is reported as such.
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from common import wire
+from common.errors import KeyFileError
+from common.keys import ServerKeys
+from common.seal import SealError, open_update
 from server.aggregation import Update
 
 NUMPY_STYPE = "numpy.ndarray"
+MAX_PAYLOAD_FACTOR = 2  # serialized arrays carry a small .npy header each
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,10 @@ class Verdict:
     site: str
     update: Update | None = None
     reason: str = ""
+    refused: bool = False  # the site refused the global model (reason says why)
+    update_recovered: bool = False  # the seal failed but the update was restored bit-exactly
+    global_recovered: bool = False  # the site recovered a tampered global model before training
+    tampered: dict[str, list[int]] | None = None  # tensor -> blocks that failed the seal
 
     @property
     def accepted(self) -> bool:
@@ -31,8 +40,42 @@ class Verdict:
 
 
 def site_of(reply: Message) -> str:
-    """How a site is named in records: its Flower node id."""
-    return str(reply.metadata.src_node_id)
+    """How a site is named in records: the client id it claims, else its Flower node id."""
+    if not reply.has_error():
+        config = reply.content.get(wire.CONFIG)
+        if isinstance(config, ConfigRecord) and isinstance(config.get(wire.CLIENT_ID), str):
+            return config[wire.CLIENT_ID]
+    return f"node-{reply.metadata.src_node_id}"
+
+
+def check_sealed_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], str]], keys: ServerKeys,
+                       run_name: str, server_round: int, *, recover: bool) -> Verdict:
+    """check_reply, then the site's seal: the weights must carry the seal of the site they
+    claim to come from, for this run and round. With `recover`, a tampered update within the
+    recovery bound is restored bit-exactly and accepted."""
+    site = site_of(reply)
+    if not reply.has_error():
+        config = reply.content.get(wire.CONFIG)
+        if isinstance(config, ConfigRecord) and wire.REFUSED in config:
+            return Verdict(site, reason=str(config[wire.REFUSED]), refused=True)
+    verdict = check_reply(reply, spec)
+    if not verdict.accepted:
+        return verdict
+    try:
+        seal_key = keys.seal_key(site)
+    except KeyFileError:
+        return Verdict(site, reason="no seal key for this site id (unknown site)")
+    expected = {name: np.zeros(shape, dtype=dtype) for name, (shape, dtype) in spec.items()}
+    try:
+        opened = open_update(verdict.update.arrays, expected, seal_key, run_name, server_round, site, recover=recover)
+    except SealError as exc:
+        tampered = {n: d.tampered_blocks for n, d in exc.report.tensors.items()} if exc.report else None
+        return Verdict(site, reason=f"seal check failed: {exc.reason}", tampered=tampered)
+    metrics = reply.content[wire.METRICS]
+    update = Update(site=site, arrays=opened.arrays, num_examples=verdict.update.num_examples)
+    tampered = {n: d.tampered_blocks for n, d in opened.report.tensors.items()} if opened.report else None
+    return Verdict(site, update=update, update_recovered=opened.recovered, tampered=tampered,
+                   global_recovered=bool(metrics.get(wire.GLOBAL_RECOVERED, 0)))
 
 
 def check_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], str]]) -> Verdict:
@@ -58,6 +101,10 @@ def check_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], str]]) ->
     missing, extra = sorted(set(spec) - set(arrays_rec)), sorted(set(arrays_rec) - set(spec))
     if missing or extra:
         return Verdict(site, reason=f"array names differ: missing {missing}, unexpected {extra}")
+    expected_bytes = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in spec.values())
+    received = payload_bytes(arrays_rec)
+    if received > MAX_PAYLOAD_FACTOR * expected_bytes + 4096:
+        return Verdict(site, reason=f"payload is {received} bytes, far larger than the model's {expected_bytes}")
     arrays: dict[str, np.ndarray] = {}
     for name, (shape, dtype) in spec.items():
         arr = arrays_rec[name]

@@ -20,12 +20,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from common import processes, records
+from common import inject, processes, records
 from common.data import DATASETS, load_split
 from common.errors import FedSealError, InputError
-from common.settings import RunSettings
+from common.settings import AGGREGATORS, ON_TAMPER, RunSettings
 
 LOG_NAME = "simulation.log"
+RUN_CONFIG = "run-config.json"  # the settings and site count, for --resume
 POLL_SECONDS = 0.25
 
 
@@ -56,11 +57,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="epochs each site trains per round [local-epochs]")
     p.add_argument("--lr", type=float, default=d.lr, help="local SGD learning rate (momentum 0.9) [lr]")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="local minibatch size [batch-size]")
-    p.add_argument("--min-clients", type=int, default=None,
-                   help="fewest accepted replies that update the model in a round (default: --clients) "
-                   "[min-clients]")
+    p.add_argument("--min-clients", type=int, default=d.min_clients,
+                   help="fewest accepted replies that update the model in a round; with fewer the round is "
+                   "skipped and the global model stays as it was [min-clients]")
     p.add_argument("--secure-mode", default=d.secure_mode, choices=("none",),
                    help="how sites return updates; only 'none' so far [secure-mode]")
+    p.add_argument("--aggregator", default=d.aggregator, choices=AGGREGATORS,
+                   help="how accepted updates combine: fedavg, or robust median / trimmed-mean / krum, which "
+                   "limit what a site training on poisoned data can do [aggregator]")
+    p.add_argument("--on-tamper", default=d.on_tamper, choices=ON_TAMPER,
+                   help="a reply whose seal fails: reject its site for the round, or recover it bit-exactly "
+                   "and accept it when within the recovery bound [on-tamper]")
+    p.add_argument("--inject", action="append", default=[], metavar="KIND:CLIENT:ROUND",
+                   help="inject a fault (repeatable); KIND: " + ", ".join(inject.KINDS) +
+                   "; CLIENT is the partition id (0..clients-1) [inject]")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the run in folder RUN after its last completed round, with its own settings "
+                   "(other flags are ignored); results are identical to an uninterrupted run")
     p.add_argument("--out", default=None,
                    help="run folder (default: runs/<timestamp>); must not exist or be empty [out-dir]")
     p.add_argument("--force", action="store_true",
@@ -79,8 +92,12 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
     settings = RunSettings(
         dataset=args.dataset, num_rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr,
         batch_size=args.batch_size, partition=args.partition, seed=args.seed, secure_mode=args.secure_mode,
-        min_clients=args.clients if args.min_clients is None else args.min_clients,
+        min_clients=args.min_clients,
+        aggregator=args.aggregator, on_tamper=args.on_tamper, inject=inject.to_text(inject.parse(args.inject)),
     )
+    bad = [i for i in settings.injections if i.client >= args.clients]
+    if bad:
+        raise InputError(f"--inject {bad[0]}: client {bad[0].client} does not exist (clients are 0..{args.clients - 1})")
     n_train = len(load_split(settings.dataset).y_train)
     if args.clients > n_train:
         raise InputError(f"--clients {args.clients} is more than the {n_train} training examples of "
@@ -98,7 +115,7 @@ def prepare_out_dir(out: str | None, force: bool) -> Path:
     if not records.folder_is_free(folder):
         if not force:
             raise InputError(f"--out {folder}: folder exists and is not empty (use --force to reuse it)")
-        for name in (records.SUMMARY, records.ROUNDS, records.AUDIT, records.MODEL, LOG_NAME):
+        for name in (records.SUMMARY, records.ROUNDS, records.AUDIT, records.MODEL, LOG_NAME, RUN_CONFIG):
             (folder / name).unlink(missing_ok=True)
         shutil.rmtree(folder / records.CHECKPOINTS, ignore_errors=True)
     try:
@@ -110,11 +127,16 @@ def prepare_out_dir(out: str | None, force: bool) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of `fedseal simulate`."""
-    settings, clients = settings_from_args(args)
-    folder = prepare_out_dir(args.out, args.force)
-    settings = settings.replace(out_dir=str(folder))
-    print(f"FedSeal simulate: {settings.dataset}, {clients} sites, {settings.num_rounds} rounds, "
-          f"partition {settings.partition}, seed {settings.seed} -> {folder}", flush=True)
+    if args.resume:
+        folder, settings, clients = load_resumable(args.resume)
+        print(f"FedSeal simulate: resuming {folder}", flush=True)
+    else:
+        settings, clients = settings_from_args(args)
+        folder = prepare_out_dir(args.out, args.force)
+        settings = settings.replace(out_dir=str(folder))
+        records.atomic_write_json(folder / RUN_CONFIG, {"clients": clients, "run_config": settings.to_run_config()})
+        print(f"FedSeal simulate: {settings.dataset}, {clients} sites, {settings.num_rounds} rounds, "
+              f"partition {settings.partition}, seed {settings.seed} -> {folder}", flush=True)
     returncode = run_child(settings, clients, folder, verbose=args.verbose, out=sys.stdout)
     if returncode != 0:
         raise FedSealError(f"simulation failed (exit {returncode}): {last_error(folder / LOG_NAME)}; "
@@ -125,6 +147,24 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(json.loads(summary_path.read_text())), flush=True)
     print(f"Run folder: {folder}", flush=True)
     return 0
+
+
+def load_resumable(path: str) -> tuple[Path, RunSettings, int]:
+    """The folder, settings and site count of a run to resume; InputError if it cannot be."""
+    folder = Path(path).resolve()
+    try:
+        saved = json.loads((folder / RUN_CONFIG).read_text())
+        settings = RunSettings.from_run_config(saved["run_config"]).replace(out_dir=str(folder), resume=True)
+        clients = int(saved["clients"])
+    except FileNotFoundError:
+        raise InputError(f"--resume {path}: not a FedSeal run folder (no {RUN_CONFIG})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--resume {path}: {RUN_CONFIG} is damaged: {exc}") from None
+    done = len(records.read_jsonl(folder / records.ROUNDS))
+    if done >= settings.num_rounds and (folder / records.SUMMARY).exists():
+        raise InputError(f"--resume {path}: the run already finished all {settings.num_rounds} rounds")
+    (folder / records.SUMMARY).unlink(missing_ok=True)
+    return folder, settings, clients
 
 
 def run_child(settings: RunSettings, clients: int, folder: Path, *, verbose: bool, out: TextIO) -> int:
@@ -141,7 +181,7 @@ def run_child(settings: RunSettings, clients: int, folder: Path, *, verbose: boo
     with open(log_path, "wb") as log:
         proc = processes.start_in_new_session(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            shown, log_pos = 0, 0
+            shown, log_pos = len(records.read_jsonl(rounds_path)), 0
             while True:
                 done = proc.poll() is not None
                 if verbose:
@@ -188,7 +228,9 @@ def format_progress(rec: dict[str, Any], num_rounds: int) -> str:
     line = (f"round {rec['round']:>3}/{num_rounds}  accuracy {rec['accuracy']:.4f}  loss {rec['loss']:.4f}  "
             f"{rec['seconds']:6.1f} s  sites {rec['clients_used']}")
     if rec.get("rejected"):
-        line += f"  rejected {len(rec['rejected'])}"
+        line += f"  rejected {','.join(map(str, rec['rejected']))}"
+    if rec.get("recovered"):
+        line += "  recovered " + ",".join(f"{r['client']}:{r['what']}" for r in rec["recovered"])
     return line
 
 

@@ -7,6 +7,7 @@ while tampering stays under the recovery bound. See common/watermark/layout.py f
 
 from common.watermark.api import (
     DEFAULT_K,
+    MANIFEST_KEY,
     TensorDamage,
     WatermarkReport,
     embed,
@@ -18,6 +19,7 @@ from common.watermark.api import (
 
 __all__ = [
     "DEFAULT_K",
+    "MANIFEST_KEY",
     "TensorDamage",
     "WatermarkReport",
     "embed",

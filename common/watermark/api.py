@@ -13,6 +13,7 @@ from common.watermark.codec import Check, Codec, Model
 from common.watermark.layout import Layout, TensorSpec
 
 DEFAULT_K = 8
+MANIFEST_KEY = "fedseal.watermark"  # file metadata: the manifest of a watermarked model
 
 
 @dataclass

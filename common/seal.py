@@ -1,0 +1,143 @@
+"""Seals on what a site returns, and the signed, watermarked global model.
+
+Safe recipes on top of the watermark and the keys: callers never assemble a tag by hand.
+- `seal_update` / `open_update`: a site's trained weights carry its own fragile watermark
+  (its seal key, bound to run, round and site); the server checks exactly what it received.
+- `publish_global` / `receive_global`: the server watermarks the global model (K_wm, bound to
+  run and round) and signs its digest; a site verifies both, recovering the model bit-exactly
+  when tampering is under the bound, refusing it otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from common import watermark
+from common.errors import InputError, TamperError
+from common.keys import sign_digest, verify_digest
+
+
+class SealError(TamperError):
+    """A payload failed its fragile check; `report` says where (a WatermarkReport or None)."""
+
+    def __init__(self, reason: str, report: watermark.WatermarkReport | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A payload that passed its check: the arrays, and whether they had to be recovered."""
+
+    arrays: dict[str, np.ndarray]
+    recovered: bool
+    report: watermark.WatermarkReport | None = None
+
+
+def digest_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+    """SHA-256 over names, dtypes, shapes and bytes, in sorted name order."""
+    h = hashlib.sha256(b"fedseal-model-digest-v1")
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        header = f"{name}\0{arr.dtype.str}\0{list(arr.shape)}\0".encode()
+        h.update(len(header).to_bytes(4, "big") + header)
+        h.update(arr.tobytes())
+    return h.digest()
+
+
+def _name(value: str, what: str) -> str:
+    if not value or ":" in value:
+        raise InputError(f"{what} {value!r} must be non-empty and contain no ':'")
+    return value
+
+
+def global_context(run_name: str, server_round: int) -> str:
+    """The watermark context of the global model published in a round (what `fedseal verify
+    --context` takes to check a checkpoint)."""
+    return f"fedseal-global:{_name(run_name, 'run name')}:round-{server_round}"
+
+
+def seal_context(run_name: str, server_round: int, client_id: str) -> str:
+    """The context of a site's seal on its reply of a round."""
+    return f"fedseal-seal:{_name(run_name, 'run name')}:round-{server_round}:site-{_name(client_id, 'site id')}"
+
+
+def _manifest(spec_arrays: dict[str, np.ndarray]) -> str:
+    return watermark.manifest_of(spec_arrays)
+
+
+# --- a site's update ---------------------------------------------------------------------------
+
+
+def seal_update(arrays: dict[str, np.ndarray], seal_key: bytes, run_id: str, server_round: int,
+                client_id: str) -> dict[str, np.ndarray]:
+    """The site's weights with its fragile seal embedded (bound to run, round and site)."""
+    return watermark.embed(arrays, seal_key, seal_context(run_id, server_round, client_id))
+
+
+def open_update(arrays: dict[str, np.ndarray], expected: dict[str, np.ndarray], seal_key: bytes, run_id: str,
+                server_round: int, client_id: str, *, recover: bool = False) -> Opened:
+    """Check a site's sealed weights against the model's tensor list (`expected`).
+
+    Raises SealError when the seal fails, unless `recover` is set and every tampered block can
+    be restored bit-exactly, in which case the restored weights come back with recovered=True.
+    """
+    context = seal_context(run_id, server_round, client_id)
+    manifest = _manifest(expected)
+    report = watermark.verify(arrays, seal_key, context, manifest=manifest)
+    if report.intact:
+        return Opened(arrays, recovered=False)
+    reason = _describe(report)
+    if recover and report.recoverable and not report.problems:
+        restored, after = watermark.recover(arrays, seal_key, context, manifest=manifest)
+        if after.intact:
+            return Opened(restored, recovered=True, report=report)
+    raise SealError(reason, report)
+
+
+def _describe(report: watermark.WatermarkReport) -> str:
+    if report.tampered_blocks == report.total_blocks:
+        return "no block verifies for this site, round and run (wrong key, replayed or forged)"
+    parts = [f"{report.tampered_blocks} of {report.total_blocks} blocks fail the check"]
+    parts += report.problems
+    return "; ".join(parts)
+
+
+# --- the global model --------------------------------------------------------------------------
+
+
+def publish_global(arrays: dict[str, np.ndarray], wm_key: bytes, signing_key: Ed25519PrivateKey, run_id: str,
+                   server_round: int) -> tuple[dict[str, np.ndarray], bytes]:
+    """The watermarked global model of a round and the signature over its digest."""
+    marked = watermark.embed(arrays, wm_key, global_context(run_id, server_round))
+    return marked, sign_digest(signing_key, digest_arrays(marked))
+
+
+def receive_global(arrays: dict[str, np.ndarray], signature: bytes, wm_key: bytes, server_key: Ed25519PublicKey,
+                   run_id: str, server_round: int, expected: dict[str, np.ndarray] | None = None) -> Opened:
+    """Check (and if need be recover) the global model a site received.
+
+    Returns the model exactly as the server published it; raises SealError when it cannot be
+    restored or its signature does not verify.
+    """
+    context = global_context(run_id, server_round)
+    manifest = _manifest(expected) if expected is not None else None
+    report = watermark.verify(arrays, wm_key, context, manifest=manifest)
+    recovered = False
+    if not report.intact:
+        if not report.recoverable:
+            raise SealError(f"global model tampered beyond recovery: {_describe(report)}", report)
+        arrays, after = watermark.recover(arrays, wm_key, context, manifest=manifest)
+        if not after.intact:
+            raise SealError(f"global model could not be restored: {_describe(after)}", after)
+        recovered = True
+    try:
+        verify_digest(server_key, digest_arrays(arrays), signature)
+    except TamperError as exc:
+        raise SealError(f"global model signature: {exc}", report) from None
+    return Opened(arrays, recovered=recovered, report=report if recovered else None)
