@@ -61,7 +61,7 @@ def train(msg: Message, context: Context) -> Message:
         return refuse(msg, client_id, exc.reason)
 
     # Step 2b: train locally, seeded by (run seed, round, site).
-    set_arrays(model, opened.arrays)
+    set_arrays(model, opened.values())
     loss = train_model(model, x, y, epochs=settings.local_epochs, lr=settings.lr,
                        batch_size=settings.batch_size, seed=derive_seed(settings.seed, server_round, site_key))
 

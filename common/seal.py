@@ -38,6 +38,11 @@ class Opened:
     recovered: bool
     report: watermark.WatermarkReport | None = None
 
+    def values(self) -> dict[str, np.ndarray]:
+        """The arrays with the watermark's bits cleared: what training and aggregation use, so
+        a run's results do not depend on its (random) keys."""
+        return watermark.strip(self.arrays)
+
 
 def digest_arrays(arrays: dict[str, np.ndarray]) -> bytes:
     """SHA-256 over names, dtypes, shapes and bytes, in sorted name order."""

@@ -72,7 +72,7 @@ def check_sealed_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], st
         tampered = {n: d.tampered_blocks for n, d in exc.report.tensors.items()} if exc.report else None
         return Verdict(site, reason=f"seal check failed: {exc.reason}", tampered=tampered)
     metrics = reply.content[wire.METRICS]
-    update = Update(site=site, arrays=opened.arrays, num_examples=verdict.update.num_examples)
+    update = Update(site=site, arrays=opened.values(), num_examples=verdict.update.num_examples)
     tampered = {n: d.tampered_blocks for n, d in opened.report.tensors.items()} if opened.report else None
     return Verdict(site, update=update, update_recovered=opened.recovered, tampered=tampered,
                    global_recovered=bool(metrics.get(wire.GLOBAL_RECOVERED, 0)))

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import records
+from common import records, watermark
+from common.keys import load_secret
+from common.modelio import load_state
 from common.models import array_spec, get_arrays, initial_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,12 +76,16 @@ def test_every_record_written(two_runs):
         assert expected_bytes <= r["bytes_up"] < expected_bytes * 1.2 and r["bytes_down"] == r["bytes_up"]
     assert records.read_jsonl(folder / records.ROUNDS) == rounds
     assert (folder / records.AUDIT).read_text() == ""
-    model = records.load_arrays(folder / records.MODEL)
+    model, metadata = load_state(folder / records.MODEL)
     assert array_spec(model) == array_spec(get_arrays(initial_model("breast-cancer", 0)))
     assert sorted(p.name for p in (folder / records.CHECKPOINTS).iterdir()) == [
+        "global-round-0001.safetensors", "global-round-0002.safetensors",
         "round-0001.safetensors", "round-0002.safetensors"]
-    assert all(np.array_equal(model[k], v) for k, v in
-               records.load_arrays(folder / records.CHECKPOINTS / "round-0002.safetensors").items())
+    # the final model is the last aggregate, watermarked for the run and verifiable with its key
+    last = records.load_arrays(folder / records.CHECKPOINTS / "round-0002.safetensors")
+    assert all(np.array_equal(v, watermark.strip(model)[k]) for k, v in watermark.strip(last).items())
+    wm_key = load_secret(folder / "keys" / "server" / "watermark.key")
+    assert watermark.verify(model, wm_key, metadata[records.CONTEXT_KEY]).intact
 
 
 def test_same_seed_same_results(two_runs):
@@ -88,4 +94,6 @@ def test_same_seed_same_results(two_runs):
     assert sa["final_accuracy"] == sb["final_accuracy"]
     assert [r["loss"] for r in sa["rounds"]] == [r["loss"] for r in sb["rounds"]]
     ma, mb = records.load_arrays(a / records.MODEL), records.load_arrays(b / records.MODEL)
-    assert all(np.array_equal(ma[k], mb[k]) for k in ma)
+    # each run has its own random keys, so only the watermark's own low bits differ
+    sa, sb = watermark.strip(ma), watermark.strip(mb)
+    assert all(np.array_equal(sa[k], sb[k]) for k in sa)

@@ -14,6 +14,7 @@ from common.watermark.api import (
     manifest_of,
     recover,
     specs_of,
+    strip,
     verify,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "manifest_of",
     "recover",
     "specs_of",
+    "strip",
     "verify",
 ]

@@ -290,6 +290,21 @@ def recover(
     return out, report
 
 
+def strip(state: dict[str, np.ndarray], k: int = DEFAULT_K) -> dict[str, np.ndarray]:
+    """A copy with the k low bits of every float32 cleared: the model's values without the
+    watermark's bits, so what is computed from them does not depend on the key or context."""
+    mask = ~bits.low_mask(k)
+    out = {}
+    for name, arr in state.items():
+        arr = np.asarray(arr)
+        if arr.dtype == np.float32:
+            arr = (np.ascontiguousarray(arr).view(np.uint32) & mask).view(np.float32)
+        else:
+            arr = arr.copy()
+        out[name] = arr
+    return out
+
+
 def _sanitize(lay: Layout, state: dict[str, np.ndarray], unrestored_rows: np.ndarray) -> None:
     """In blocks that could not be restored, zero values a tamperer blew up (non-finite or far
     beyond the largest intact value of the tensor), so a partial restore never makes things worse."""
