@@ -24,7 +24,8 @@ class TensorDamage:
 
 @dataclass
 class WatermarkReport:
-    """What a check (and, for recover, a restoration) found."""
+    """What a check found. For recover, `intact` says whether the output verifies intact, the
+    other counts describe the input, and `restored_blocks` / `unrestored` the restoration."""
 
     intact: bool
     total_blocks: int
@@ -32,8 +33,8 @@ class WatermarkReport:
     recoverable: bool
     tensors: dict[str, TensorDamage] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    restored_blocks: int | None = None  # set by recover
-    unrestored: dict[str, TensorDamage] | None = None  # set by recover
+    restored_blocks: int | None = None  # recover: blocks restored bit-exactly
+    unrestored: dict[str, TensorDamage] | None = None  # recover: what is still tampered in the output
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -280,13 +281,11 @@ def recover(
     out = _to_state(lay, restored, state)
     _sanitize(lay, out, unrestored_rows)
     after = codec.check(_to_model(lay, out))
-    report = _report(lay, after, [p for p in problems if "added" in p and after.manifest_ok])
-    report.recoverable = before.recoverable
-    report.restored_blocks = int(before.bad_rows.sum() + before.bad_side.sum()) - report.tampered_blocks
-    report.unrestored = report.tensors
-    report.tensors = _damage(lay, before.bad_rows, before.bad_side)
-    report.problems = problems + [p for p in report.problems if p not in problems]
-    report.intact = after.manifest_ok and not after.bad_rows.any() and not after.bad_side.any()
+    report = _report(lay, before, problems)  # what was found in the input
+    left = int(after.bad_rows.sum() + after.bad_side.sum())
+    report.restored_blocks = report.tampered_blocks - left
+    report.unrestored = _damage(lay, after.bad_rows, after.bad_side)
+    report.intact = left == 0 and after.manifest_ok  # the output verifies intact
     return out, report
 
 
