@@ -89,14 +89,17 @@ def main() -> int:
         keys = ServerKeys.load(server_dir(Path(tmp) / "keys"))
         clients = [ClientKeys.load(client_dir(Path(tmp) / "keys", str(i)), str(i)) for i in range(args.sites)]
         plain_g = secure_g = get_arrays(initial_model(settings.dataset, settings.seed))
+        one_round(settings, sites, plain_g, 1, keys, clients, Stopwatch())  # warm-up, not counted
         plain_s, secure_s, watch = [], [], Stopwatch()
         for r in range(1, args.rounds + 1):
-            t = time.perf_counter()
-            plain_g = one_round(settings, sites, plain_g, r, None, None, Stopwatch())
-            plain_s.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            secure_g = one_round(settings, sites, secure_g, r, keys, clients, watch)
-            secure_s.append(time.perf_counter() - t)
+            for secure in ((False, True) if r % 2 else (True, False)):  # alternate which goes first
+                t = time.perf_counter()
+                if secure:
+                    secure_g = one_round(settings, sites, secure_g, r, keys, clients, watch)
+                    secure_s.append(time.perf_counter() - t)
+                else:
+                    plain_g = one_round(settings, sites, plain_g, r, None, None, Stopwatch())
+                    plain_s.append(time.perf_counter() - t)
     plain, secure = statistics.median(plain_s), statistics.median(secure_s)
     result = {
         "dataset": settings.dataset, "sites": args.sites, "rounds": args.rounds,
@@ -114,7 +117,7 @@ def main() -> int:
           f"median of {args.rounds} rounds")
     print(f"  plain round        {plain:7.3f} s")
     print(f"  with integrity     {secure:7.3f} s   ratio {result['ratio']:.3f} "
-          f"(+{100 * (result['ratio'] - 1):.1f} %)")
+          f"({100 * (result['ratio'] - 1):+.1f} %)")
     for step, s in result["steps_s_per_round"].items():
         print(f"    {step:<26} {s:7.3f} s/round")
     print(f"  integrity steps    {integrity:7.3f} s/round = {100 * result['integrity_share_of_plain_round']:.1f} % "
