@@ -7,6 +7,7 @@ recovery), train locally, seal the trained weights with the site's own key, repl
 from __future__ import annotations
 
 import secrets
+import time
 import zlib
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def train(msg: Message, context: Context) -> Message:
         received = inject.tamper_global(received, rng("tamper-global"))
     if injected("corrupt-global"):
         received = inject.corrupt_global(received, rng("corrupt-global"))
+    tick = time.perf_counter()
     try:
         opened = receive_global(received, bytes(config[wire.SIGNATURE]), keys.watermark_key,
                                 keys.server_public_key, run_name, server_round, expected=get_arrays(model))
@@ -61,13 +63,16 @@ def train(msg: Message, context: Context) -> Message:
         return refuse(msg, client_id, exc.reason)
 
     # Step 2b: train locally, seeded by (run seed, round, site).
+    verify_seconds, tick = time.perf_counter() - tick, time.perf_counter()
     set_arrays(model, opened.values())
     loss = train_model(model, x, y, epochs=settings.local_epochs, lr=settings.lr,
                        batch_size=settings.batch_size, seed=derive_seed(settings.seed, server_round, site_key))
 
     # Step 3: seal the trained weights with this site's key, bound to run, round and site.
+    train_seconds, tick = time.perf_counter() - tick, time.perf_counter()
     seal_key = secrets.token_bytes(32) if injected("forge-update") else keys.seal_key
     payload = build_payload(seal_update(get_arrays(model), seal_key, run_name, server_round, client_id))
+    seal_seconds = time.perf_counter() - tick
     if injected("tamper-update"):
         payload = build_payload(inject.flip_bits(_arrays(payload), rng("tamper-update")))
     previous = context.state.get(LAST_REPLY)
@@ -77,7 +82,8 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({
         wire.ARRAYS: payload,
         wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: int(len(y)), wire.TRAIN_LOSS: float(loss),
-                                    wire.GLOBAL_RECOVERED: int(opened.recovered)}),
+                                    wire.GLOBAL_RECOVERED: int(opened.recovered), wire.VERIFY_SECONDS: verify_seconds,
+                                    wire.TRAIN_SECONDS: train_seconds, wire.SEAL_SECONDS: seal_seconds}),
         wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id}),
     })
     return Message(content=content, reply_to=msg)

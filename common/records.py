@@ -22,6 +22,7 @@ ROUNDS = "rounds.jsonl"
 AUDIT = "audit.jsonl"
 MODEL = "model.safetensors"
 CHECKPOINTS = "checkpoints"
+PROGRESS = "progress.json"  # the round and stage in progress (live display of `fedseal simulate`)
 CONTEXT_KEY = "fedseal.context"  # metadata: the watermark context of a published model
 SIGNATURE_KEY = "fedseal.signature"  # metadata: the server's Ed25519 signature (hex)
 
@@ -39,6 +40,7 @@ class RoundRecord:
     clients_used: int
     rejected: list[Any] = field(default_factory=list)
     recovered: list[Any] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (common/stages.py)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -154,6 +156,10 @@ class RunRecorder:
     def record_round(self, record: RoundRecord) -> None:
         """Append a finished round to rounds.jsonl."""
         self._append(ROUNDS, record.to_json())
+
+    def progress(self, server_round: int, stage: str) -> None:
+        """Note the round and stage now running in progress.json (read by live progress displays)."""
+        atomic_write_json(self.folder / PROGRESS, {"round": server_round, "stage": stage})
 
     def audit(self, event: str, **details: Any) -> None:
         """Append a security event (e.g. a rejected reply) to audit.jsonl."""

@@ -19,6 +19,9 @@ SIM_KEYS_DIR = "sim-keys-dir"  # CONFIG: simulation only: where the run made its
 CLIENT_ID = "client-id"  # CONFIG (reply) and node config: the site's id (its seal key's name)
 REFUSED = "refused"  # CONFIG (reply): why the site refused the global model
 GLOBAL_RECOVERED = "global-recovered"  # METRICS: 1 if the site had to recover the global model
+VERIFY_SECONDS = "verify-seconds"  # METRICS: seconds the site spent verifying (recovering) the global model
+TRAIN_SECONDS = "train-seconds"  # METRICS: seconds of local training
+SEAL_SECONDS = "seal-seconds"  # METRICS: seconds spent sealing the trained weights
 
 # Message types (Flower's "train" / "evaluate" / "query.<name>")
 TRAIN = "train"

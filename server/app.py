@@ -24,6 +24,7 @@ from common.keys import ServerKeys, init_federation
 from common.records import RoundRecord, RunRecorder, published_metadata
 from common.seal import global_context, publish_global
 from common.settings import RunSettings
+from common.stages import StageClock
 from common.training import EvalResult, centralized_reference, evaluate
 from server.aggregation import Update, aggregate
 from server.checks import check_sealed_reply, payload_bytes
@@ -54,6 +55,8 @@ def main(grid: Grid, context: Context) -> None:
     for server_round in range(len(rounds) + 1, settings.num_rounds + 1):
         started = time.perf_counter()
         node_ids = wait_for_nodes(grid, settings.min_clients)
+        clock = StageClock(lambda stage, r=server_round: recorder.progress(r, stage))
+        clock.start("watermark")
 
         # 1. Watermark the global model (bound to run and round), sign its digest, keep it.
         published, signature = publish_global(global_arrays, keys.watermark_key, keys.signing_key, run_name,
@@ -66,7 +69,10 @@ def main(grid: Grid, context: Context) -> None:
         if not settings.keys_dir:
             config[wire.SIM_KEYS_DIR] = str(keys_root)
         messages = [train_message(record, config, node_id, server_round) for node_id in node_ids]
+        clock.start("train", timed=False)  # the sites verify, train and seal; they report their seconds
         replies = list(grid.send_and_receive(messages))
+        clock.add_sites(r.content[wire.METRICS] for r in replies if not r.has_error() and wire.METRICS in r.content)
+        clock.start("check")
         bytes_down = payload_bytes(record) * len(messages)
         bytes_up = sum(payload_bytes(r.content[wire.ARRAYS]) for r in replies
                        if not r.has_error() and isinstance(r.content.get(wire.ARRAYS), ArrayRecord))
@@ -102,6 +108,7 @@ def main(grid: Grid, context: Context) -> None:
             recorder.audit("replies_missing", round=server_round, count=missing)
 
         # 4. Aggregate the accepted payloads; too few: skip the round, keep the model.
+        clock.start("aggregate")
         if len(accepted) >= settings.min_clients:
             global_arrays = aggregate(settings.aggregator, accepted)
         else:
@@ -111,11 +118,12 @@ def main(grid: Grid, context: Context) -> None:
                 server_round, len(accepted), settings.min_clients)
 
         # 5. Evaluate centrally, record the round, checkpoint.
+        clock.start("evaluate")
         result = evaluate_global(settings.dataset, global_arrays)
         record = RoundRecord(
             round=server_round, accuracy=result.accuracy, loss=result.loss,
             seconds=round(time.perf_counter() - started, 3), bytes_up=bytes_up, bytes_down=bytes_down,
-            clients_used=len(accepted), rejected=rejected, recovered=recovered,
+            clients_used=len(accepted), rejected=rejected, recovered=recovered, stages=clock.result(),
         )
         rounds.append(record)
         recorder.checkpoint(global_arrays, server_round)
@@ -124,6 +132,7 @@ def main(grid: Grid, context: Context) -> None:
             result.accuracy, result.loss, len(accepted), record.seconds)
 
     final_round = settings.num_rounds + 1
+    recorder.progress(settings.num_rounds, "centralized reference")
     final, signature = publish_global(global_arrays, keys.watermark_key, keys.signing_key, run_name, final_round)
     recorder.save_model(final, published_metadata(final, global_context(run_name, final_round), signature,
                                                   {"dataset": settings.dataset, "rounds": str(settings.num_rounds)}))

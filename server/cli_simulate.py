@@ -24,6 +24,7 @@ from common import inject, processes, records
 from common.data import DATASETS, load_split
 from common.errors import FedSealError, InputError
 from common.settings import AGGREGATORS, ON_TAMPER, RunSettings
+from server import progress
 
 LOG_NAME = "simulation.log"
 RUN_CONFIG = "run-config.json"  # the settings and site count, for --resume
@@ -80,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="reuse a non-empty --out folder, replacing FedSeal's records in it")
     p.add_argument("--verbose", action="store_true",
                    help="also show Flower/Ray log output (always written to simulation.log)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no start line and no per-round progress: only the final table, the run folder and the "
+                   "report (and errors). Without it: a live progress line when stdout is a terminal, one plain "
+                   "line per round otherwise")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write report.html into the run folder at the end (see `fedseal report`)")
     p.set_defaults(handler=run)
 
 
@@ -115,7 +122,8 @@ def prepare_out_dir(out: str | None, force: bool) -> Path:
     if not records.folder_is_free(folder):
         if not force:
             raise InputError(f"--out {folder}: folder exists and is not empty (use --force to reuse it)")
-        for name in (records.SUMMARY, records.ROUNDS, records.AUDIT, records.MODEL, LOG_NAME, RUN_CONFIG):
+        for name in (records.SUMMARY, records.ROUNDS, records.AUDIT, records.MODEL, LOG_NAME, RUN_CONFIG,
+                     records.PROGRESS, "report.html"):
             (folder / name).unlink(missing_ok=True)
         shutil.rmtree(folder / records.CHECKPOINTS, ignore_errors=True)
     try:
@@ -129,24 +137,44 @@ def run(args: argparse.Namespace) -> int:
     """Handler of `fedseal simulate`."""
     if args.resume:
         folder, settings, clients = load_resumable(args.resume)
-        print(f"FedSeal simulate: resuming {folder}", flush=True)
+        _say(args, f"FedSeal simulate: resuming {folder}")
     else:
         settings, clients = settings_from_args(args)
         folder = prepare_out_dir(args.out, args.force)
         settings = settings.replace(out_dir=str(folder))
         records.atomic_write_json(folder / RUN_CONFIG, {"clients": clients, "run_config": settings.to_run_config()})
-        print(f"FedSeal simulate: {settings.dataset}, {clients} sites, {settings.num_rounds} rounds, "
-              f"partition {settings.partition}, seed {settings.seed} -> {folder}", flush=True)
-    returncode = run_child(settings, clients, folder, verbose=args.verbose, out=sys.stdout)
+        _say(args, f"FedSeal simulate: {settings.dataset}, {clients} sites, {settings.num_rounds} rounds, "
+             f"partition {settings.partition}, seed {settings.seed} -> {folder}")
+    live = sys.stdout.isatty() and not getattr(args, "quiet", False)
+    display = (progress.RichProgress(folder, settings.num_rounds, lambda rec: format_progress(rec, settings.num_rounds))
+               if live else None)
+    returncode = run_child(settings, clients, folder, verbose=args.verbose, out=sys.stdout, display=display,
+                           quiet=getattr(args, "quiet", False))
     if returncode != 0:
         raise FedSealError(f"simulation failed (exit {returncode}): {last_error(folder / LOG_NAME)}; "
                            f"full log: {folder / LOG_NAME}")
     summary_path = folder / records.SUMMARY
     if not summary_path.exists():
         raise FedSealError(f"simulation ended without writing {summary_path}; see {folder / LOG_NAME}")
-    print(format_table(json.loads(summary_path.read_text())), flush=True)
+    summary = json.loads(summary_path.read_text())
+    if sys.stdout.isatty():
+        progress.print_rich_table(summary)
+    else:
+        print(format_table(summary), flush=True)
     print(f"Run folder: {folder}", flush=True)
+    if not getattr(args, "no_report", False):
+        from common.report import write_report
+
+        try:
+            print(f"Report: {write_report(folder)}", flush=True)
+        except (ImportError, OSError, FedSealError) as exc:  # the run itself is complete
+            print(f"fedseal: warning: report.html not written: {exc}", file=sys.stderr, flush=True)
     return 0
+
+
+def _say(args: argparse.Namespace, line: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(line, flush=True)
 
 
 def load_resumable(path: str) -> tuple[Path, RunSettings, int]:
@@ -167,8 +195,12 @@ def load_resumable(path: str) -> tuple[Path, RunSettings, int]:
     return folder, settings, clients
 
 
-def run_child(settings: RunSettings, clients: int, folder: Path, *, verbose: bool, out: TextIO) -> int:
-    """Run server/simulate.py in its own session, stream progress, always clean up."""
+def run_child(settings: RunSettings, clients: int, folder: Path, *, verbose: bool, out: TextIO,
+              display: Any = None, quiet: bool = False) -> int:
+    """Run server/simulate.py in its own session, stream progress (`display`, default: one plain line per
+    round on `out`, none with `quiet`), always clean up."""
+    display = display or progress.PlainProgress(out, lambda rec: format_progress(rec, settings.num_rounds),
+                                                quiet=quiet)
     cmd = [sys.executable, "-m", "server.simulate", "--num-supernodes", str(clients),
            "--run-config", json.dumps(settings.to_run_config())]
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
@@ -178,7 +210,7 @@ def run_child(settings: RunSettings, clients: int, folder: Path, *, verbose: boo
     processes.become_subreaper()
     rounds_path, log_path = folder / records.ROUNDS, folder / LOG_NAME
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    with open(log_path, "wb") as log:
+    with open(log_path, "wb") as log, display:
         proc = processes.start_in_new_session(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             shown, log_pos = len(records.read_jsonl(rounds_path)), 0
@@ -187,8 +219,9 @@ def run_child(settings: RunSettings, clients: int, folder: Path, *, verbose: boo
                 if verbose:
                     log_pos = _echo_log(log_path, log_pos)
                 for rec in records.read_jsonl(rounds_path)[shown:]:
-                    print(format_progress(rec, settings.num_rounds), file=out, flush=True)
+                    display.round_done(rec)
                     shown += 1
+                display.tick()
                 if done:
                     return proc.returncode
                 time.sleep(POLL_SECONDS)
