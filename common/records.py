@@ -139,6 +139,9 @@ class RunRecorder:
         while done and not self._checkpoint_path(done[-1].round).exists():
             done.pop()
         atomic_write_bytes(self.folder / ROUNDS, b"".join((json.dumps(r.to_json()) + "\n").encode() for r in done))
+        last = done[-1].round if done else 0  # and the audit records of the rounds run again
+        kept = [a for a in read_jsonl(self.folder / AUDIT) if not isinstance(a.get("round"), int) or a["round"] <= last]
+        atomic_write_bytes(self.folder / AUDIT, b"".join((json.dumps(a) + "\n").encode() for a in kept))
         if not done:
             return [], None
         return done, load_arrays(self._checkpoint_path(done[-1].round))

@@ -49,7 +49,9 @@ def main(grid: Grid, context: Context) -> None:
     spec = array_spec(global_arrays)
     rounds: list[RoundRecord] = []
     if settings.resume:
-        rounds, global_arrays = recorder.resume()
+        rounds, resumed = recorder.resume()
+        if resumed is not None:  # None: no round finished yet, start from the initial model
+            global_arrays = resumed
         log(INFO, "Resuming after round %d", len(rounds))
 
     for server_round in range(len(rounds) + 1, settings.num_rounds + 1):

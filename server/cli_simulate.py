@@ -105,6 +105,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
     bad = [i for i in settings.injections if i.client >= args.clients]
     if bad:
         raise InputError(f"--inject {bad[0]}: client {bad[0].client} does not exist (clients are 0..{args.clients - 1})")
+    late = [i for i in settings.injections if i.round > args.rounds]
+    if late:
+        raise InputError(f"--inject {late[0]}: round {late[0].round} never runs (--rounds {args.rounds})")
     n_train = len(load_split(settings.dataset).y_train)
     if args.clients > n_train:
         raise InputError(f"--clients {args.clients} is more than the {n_train} training examples of "
