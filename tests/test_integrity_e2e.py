@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("integrity")
     out = {"clean": base / "clean", "injected": base / "injected", "resumed": base / "resumed"}
     simulate(*BASE, out=out["clean"])
-    simulate(*BASE, *INJECTIONS, out=out["injected"])
+    out["injected_output"] = simulate(*BASE, *INJECTIONS, out=out["injected"]).stdout
 
     b = out["resumed"]
     code = simulate_interrupted(*BASE, *RECOVERABLE, out=b, after_round=2)
@@ -182,10 +183,26 @@ def test_injections_cost_at_most_one_point_of_accuracy(runs):
     assert _audit(runs["clean"]) == []
 
 
+def _progress_lines(stdout: str) -> dict[int, str]:
+    found = (re.match(r"round\s+(\d+)/\d+\s", line) for line in stdout.splitlines())
+    return {int(m.group(1)): m.string for m in found if m}
+
+
 def test_progress_lines_show_rejections_and_recoveries(runs):
-    # the resumed run printed its own rounds; the injected run's lines are checked via its records
+    lines = _progress_lines(runs["injected_output"])
+    assert sorted(lines) == list(range(1, ROUNDS + 1))
+    assert "rejected 0" in lines[2] and "recovered 3:global-model" in lines[2]
+    assert "rejected 1" in lines[3] and "rejected 2" in lines[4]
+    assert not any("rejected" in lines[r] or "recovered" in lines[r] for r in (1, 5, 6))
+    # the resumed run prints the rounds it runs itself, not those done before the interruption
     out = runs["interrupted"]["resume_output"]
     assert "resuming" in out and "final accuracy" in out
+    resumed = _progress_lines(out)
+    assert sorted(resumed) == list(range(runs["interrupted"]["rounds"] + 1 if runs["interrupted"]["code"] else 3,
+                                         ROUNDS + 1))
+    for r, what in ((5, "recovered 3:update"), (6, "recovered 4:global-model")):
+        assert r not in resumed or what in resumed[r]
+    assert ROUNDS in resumed
 
 
 # --- d. --on-tamper recover: the tampered reply is restored and accepted ----------------------
