@@ -16,7 +16,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common import inject, wire
+from common import dp, inject, wire
 from common.data import dataset_info, load_csv, load_partition
 from common.errors import InputError
 from common.keys import ClientKeys, client_dir
@@ -64,14 +64,27 @@ def train(msg: Message, context: Context) -> Message:
 
     # Step 2b: train locally, seeded by (run seed, round, site).
     verify_seconds, tick = time.perf_counter() - tick, time.perf_counter()
+    dp_spec = settings.dp_spec  # --dp sample: DP-SGD within the site's budget; --dp client: clip the update
+    plan = dp.sample_plan(dp_spec, len(y), settings)
+    if plan is not None and (spent := dp.budget_spent(dp_spec, plan, server_round)):
+        return refuse(msg, client_id, spent, **{wire.DP_BUDGET_SPENT: 1,
+                                                wire.DP_EPSILON: plan.epsilon_after(server_round - 1, dp_spec.delta)})
     set_arrays(model, opened.values())
-    loss = train_model(model, x, y, epochs=settings.local_epochs, lr=settings.lr,
-                       batch_size=settings.batch_size, seed=derive_seed(settings.seed, server_round, site_key))
+    seed = derive_seed(settings.seed, server_round, site_key)
+    if plan is not None:
+        loss = dp.train_private(model, x, y, plan=plan, clip=dp_spec.clip, epochs=settings.local_epochs,
+                                lr=settings.lr, batch_size=settings.batch_size, seed=seed)
+    else:
+        loss = train_model(model, x, y, epochs=settings.local_epochs, lr=settings.lr,
+                           batch_size=settings.batch_size, seed=seed)
+    trained = get_arrays(model)
+    if dp_spec is not None and dp_spec.kind == "client":
+        trained = dp.clip_update(trained, opened.values(), dp_spec.clip)
 
     # Step 3: seal the trained weights with this site's key, bound to run, round and site.
     train_seconds, tick = time.perf_counter() - tick, time.perf_counter()
     seal_key = secrets.token_bytes(32) if injected("forge-update") else keys.seal_key
-    payload = build_payload(seal_update(get_arrays(model), seal_key, run_name, server_round, client_id))
+    payload = build_payload(seal_update(trained, seal_key, run_name, server_round, client_id))
     seal_seconds = time.perf_counter() - tick
     if injected("tamper-update"):
         payload = build_payload(inject.flip_bits(_arrays(payload), rng("tamper-update")))
@@ -86,12 +99,15 @@ def train(msg: Message, context: Context) -> Message:
                                     wire.TRAIN_SECONDS: train_seconds, wire.SEAL_SECONDS: seal_seconds}),
         wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id}),
     })
+    if plan is not None:
+        content[wire.METRICS][wire.DP_EPSILON] = plan.epsilon_after(server_round, dp_spec.delta)
     return Message(content=content, reply_to=msg)
 
 
-def refuse(msg: Message, client_id: str, reason: str) -> Message:
-    """Reply that this site refuses the round, and why (it does not train on a bad model)."""
-    content = RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id, wire.REFUSED: reason})})
+def refuse(msg: Message, client_id: str, reason: str, **extra: int | float) -> Message:
+    """Reply that this site refuses the round, and why (it does not train on a bad model, or its
+    DP budget is spent: `extra` then says so)."""
+    content = RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id, wire.REFUSED: reason, **extra})})
     return Message(content=content, reply_to=msg)
 
 

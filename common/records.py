@@ -41,6 +41,7 @@ class RoundRecord:
     rejected: list[Any] = field(default_factory=list)
     recovered: list[Any] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (common/stages.py)
+    epsilon: dict[str, float] = field(default_factory=dict)  # --dp: site -> its epsilon after this round
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from common.data import DATASETS, parse_partition
+from common.dp import DpSpec, parse_dp
 from common.errors import InputError
 from common.inject import Injection, parse as parse_injections
 
@@ -34,6 +35,7 @@ RUN_CONFIG_KEYS = {
     "inject": "inject",
     "keys-dir": "keys_dir",
     "resume": "resume",
+    "dp": "dp",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -65,6 +67,8 @@ class RunSettings:
         keys_dir (str, ""): the federation's key folder (from `fedseal keys init`) holding
             server/; "" means the run makes its own keys in <run folder>/keys.
         resume (bool, False): continue the run in out_dir after its last completed round.
+        dp (str, ""): differential privacy, "" = off; "sample:EPS,DELTA[,CLIP]" (DP-SGD at each
+            site) or "client:NOISE,CLIP[,DELTA]" (clipped updates, server noise); common/dp.py.
     """
 
     dataset: str = "breast-cancer"
@@ -82,6 +86,7 @@ class RunSettings:
     inject: str = ""
     keys_dir: str = ""
     resume: bool = False
+    dp: str = ""
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -107,11 +112,20 @@ class RunSettings:
             raise InputError(f"keys-dir must be a string, got {self.keys_dir!r}")
         if not isinstance(self.resume, bool):
             raise InputError(f"resume must be true or false, got {self.resume!r}")
+        dp = parse_dp(self.dp)
+        if dp is not None and dp.kind == "client" and self.aggregator != "fedavg":
+            raise InputError(f"dp {self.dp!r}: client-level DP averages the clipped updates; it needs "
+                             f"aggregator fedavg, not {self.aggregator!r}")
 
     @property
     def injections(self) -> tuple[Injection, ...]:
         """The parsed fault injections."""
         return parse_injections(self.inject)
+
+    @property
+    def dp_spec(self) -> DpSpec | None:
+        """The parsed `dp` setting (None: no differential privacy)."""
+        return parse_dp(self.dp)
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> "RunSettings":

@@ -12,6 +12,8 @@ CONFIG = "config"  # ConfigRecord: instructions from the server
 # Keys inside those records
 NUM_EXAMPLES = "num-examples"  # METRICS: training examples used by the site (FedAvg weight)
 TRAIN_LOSS = "train-loss"  # METRICS: mean training loss of the last local epoch
+DP_EPSILON = "dp-epsilon"  # METRICS (and CONFIG of a budget refusal): the site's DP-SGD epsilon so far
+DP_BUDGET_SPENT = "dp-budget-spent"  # CONFIG (reply): 1 when the site refuses because its DP budget is spent
 SERVER_ROUND = "server-round"  # CONFIG: the round number (1-based)
 RUN_NAME = "run-name"  # CONFIG: the run's name, bound into every watermark and seal context
 SIGNATURE = "signature"  # CONFIG: the server's Ed25519 signature over the global model's digest

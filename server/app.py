@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common import wire
 from common.data import load_split
+from common.dp import check_model
 from common.models import array_spec, get_arrays, initial_model, set_arrays
 from common.keys import ServerKeys, init_federation
 from common.records import RoundRecord, RunRecorder, published_metadata
@@ -28,6 +29,7 @@ from common.stages import StageClock
 from common.training import EvalResult, centralized_reference, evaluate
 from server.aggregation import Update, aggregate
 from server.checks import check_sealed_reply, payload_bytes
+from server.dp import client_dp_aggregate, refusal_event, reported_epsilon, round_epsilon, summary_fields
 
 app = ServerApp()
 
@@ -38,6 +40,9 @@ NODE_WAIT_LOG_SECONDS = 10
 def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config, writing the run folder."""
     settings = RunSettings.from_run_config(context.run_config)
+    dp_spec = settings.dp_spec
+    if dp_spec is not None and dp_spec.kind == "sample":
+        check_model(settings.dataset)  # a layer Opacus cannot train privately fails before round 1
     folder = resolve_out_dir(settings, context.run_id)
     recorder = RunRecorder(folder, resume=settings.resume)
     run_name = recorder.folder.name
@@ -83,11 +88,14 @@ def main(grid: Grid, context: Context) -> None:
         accepted: list[Update] = []
         rejected: list[str] = []
         recovered: list[dict] = []
+        epsilon: dict[str, float] = {}  # --dp sample: site -> the epsilon it reports
         for reply in replies:
             verdict = check_sealed_reply(reply, spec, keys, run_name, server_round,
                                          recover=settings.on_tamper == "recover")
             if verdict.refused:
-                recorder.audit("global_refused", round=server_round, client=verdict.site, reason=verdict.reason)
+                if (event := refusal_event(reply)) == "dp_budget_spent" and (eps := reported_epsilon(reply)) is not None:
+                    epsilon[verdict.site] = eps
+                recorder.audit(event, round=server_round, client=verdict.site, reason=verdict.reason)
                 log(WARNING, "Round %d: site %s refused the global model: %s", server_round, verdict.site,
                     verdict.reason)
                 continue
@@ -98,6 +106,8 @@ def main(grid: Grid, context: Context) -> None:
                 log(WARNING, "Round %d: rejected site %s: %s", server_round, verdict.site, verdict.reason)
                 continue
             accepted.append(verdict.update)
+            if (eps := reported_epsilon(reply)) is not None:
+                epsilon[verdict.site] = eps
             if verdict.global_recovered:
                 recovered.append({"client": verdict.site, "what": "global-model"})
                 recorder.audit("global_recovered", round=server_round, client=verdict.site)
@@ -112,7 +122,9 @@ def main(grid: Grid, context: Context) -> None:
         # 4. Aggregate the accepted payloads; too few: skip the round, keep the model.
         clock.start("aggregate")
         if len(accepted) >= settings.min_clients:
-            global_arrays = aggregate(settings.aggregator, accepted)
+            global_arrays = (client_dp_aggregate(dp_spec, published, accepted, settings.seed, server_round)
+                             if dp_spec is not None and dp_spec.kind == "client" else
+                             aggregate(settings.aggregator, accepted))
         else:
             recorder.audit("round_skipped", round=server_round, accepted=len(accepted),
                            min_clients=settings.min_clients)
@@ -126,6 +138,7 @@ def main(grid: Grid, context: Context) -> None:
             round=server_round, accuracy=result.accuracy, loss=result.loss,
             seconds=round(time.perf_counter() - started, 3), bytes_up=bytes_up, bytes_down=bytes_down,
             clients_used=len(accepted), rejected=rejected, recovered=recovered, stages=clock.result(),
+            epsilon=round_epsilon(dp_spec, server_round, epsilon, [u.site for u in accepted]),
         )
         rounds.append(record)
         recorder.checkpoint(global_arrays, server_round)
@@ -215,5 +228,6 @@ def build_summary(settings: RunSettings, context: Context, rounds: list[RoundRec
         "centralized_accuracy": reference.accuracy,
         "centralized_loss": reference.loss,
         "test_examples": reference.num_examples,
+        **summary_fields(settings.dp_spec, rounds),
         "rounds": [r.to_json() for r in rounds],
     }

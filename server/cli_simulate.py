@@ -72,6 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--inject", action="append", default=[], metavar="KIND:CLIENT:ROUND",
                    help="inject a fault (repeatable); KIND: " + ", ".join(inject.KINDS) +
                    "; CLIENT is the partition id (0..clients-1) [inject]")
+    p.add_argument("--dp", default=d.dp, metavar="SPEC",
+                   help="differential privacy: 'sample:EPS,DELTA[,CLIP]' DP-SGD (Opacus) at each site, calibrated "
+                   "so every site's epsilon stays <= EPS after all rounds; 'client:NOISE,CLIP[,DELTA]' sites clip "
+                   "their update to norm CLIP, the server adds Gaussian noise NOISE x CLIP / sites [dp]")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the run in folder RUN after its last completed round, with its own settings "
                    "(other flags are ignored); results are identical to an uninterrupted run")
@@ -101,6 +105,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
         batch_size=args.batch_size, partition=args.partition, seed=args.seed, secure_mode=args.secure_mode,
         min_clients=args.min_clients,
         aggregator=args.aggregator, on_tamper=args.on_tamper, inject=inject.to_text(inject.parse(args.inject)),
+        dp=getattr(args, "dp", ""),
     )
     bad = [i for i in settings.injections if i.client >= args.clients]
     if bad:
@@ -114,6 +119,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
                          f"{settings.dataset}: every site needs at least one")
     if settings.min_clients > args.clients:
         raise InputError(f"--min-clients {settings.min_clients} is more than --clients {args.clients}")
+    if settings.dp_spec is not None and settings.dp_spec.kind == "sample":
+        from common.dp import check_model
+
+        check_model(settings.dataset)
     return settings, args.clients
 
 
@@ -267,6 +276,8 @@ def format_progress(rec: dict[str, Any], num_rounds: int) -> str:
         line += f"  rejected {','.join(map(str, rec['rejected']))}"
     if rec.get("recovered"):
         line += "  recovered " + ",".join(f"{r['client']}:{r['what']}" for r in rec["recovered"])
+    if rec.get("epsilon"):
+        line += f"  epsilon max {max(rec['epsilon'].values()):.3f}"
     return line
 
 
@@ -283,4 +294,7 @@ def format_table(summary: dict[str, Any]) -> str:
     gap = 100 * (summary["final_accuracy"] - summary["centralized_accuracy"])
     rows.append(f"final accuracy {summary['final_accuracy']:.4f}   centralized {summary['centralized_accuracy']:.4f}   "
                 f"difference {gap:+.2f} points   ({summary['test_examples']} test examples)")
+    if summary.get("epsilon_max") is not None:
+        rows.append(f"differential privacy {summary['dp']}: epsilon max {summary['epsilon_max']:.3f} per "
+                    f"{summary['dp_unit']} at delta {summary['delta']:g}")
     return "\n".join(rows)

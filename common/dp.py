@@ -1,0 +1,266 @@
+"""Differential privacy: the `dp` run-config key, DP-SGD at a site, client-level clipping.
+
+Flower-free. Two kinds (`--dp` / run-config `dp`; "" = off):
+
+- `sample:EPS,DELTA[,CLIP]`: DP-SGD with Opacus at each site. Per-example gradients are
+  clipped to L2 norm CLIP (default 1.0) and Gaussian noise is added at every step. The noise
+  multiplier is calibrated ONCE for the whole run (Opacus' RDP accountant, Poisson sampling at
+  rate 1/batches-per-epoch, rounds x local-epochs x batches-per-epoch steps), so that after the
+  last round each site's epsilon is at most EPS. A site's epsilon after round r is recomputed
+  from (noise, sample rate, steps so far) with a fresh RDPAccountant: stateless and exact.
+- `client:NOISE,CLIP[,DELTA]`: client-level DP. Each site clips its update (trained weights -
+  global weights) to L2 norm CLIP; the server adds Gaussian noise with std NOISE x CLIP / n to
+  the unweighted mean of the n clipped updates (server/dp.py). Epsilon (at DELTA, default
+  1e-5) comes from the RDP accountant with sample rate 1 and one step per round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from common.errors import InputError
+
+KINDS = ("sample", "client")
+DEFAULT_SAMPLE_CLIP = 1.0  # per-example gradient norm bound of `sample:` DP-SGD
+DEFAULT_CLIENT_DELTA = 1e-5  # the delta a `client:` run reports its epsilon at
+
+
+@dataclass(frozen=True)
+class DpSpec:
+    """A parsed `dp` setting.
+
+    Attributes:
+        kind: "sample" (DP-SGD at each site) or "client" (clipped updates, server noise).
+        epsilon: sample: the target epsilon after all rounds; client: None (it is an output).
+        delta: the delta epsilon is stated at.
+        noise: client: the noise multiplier; sample: None (calibrated per site from epsilon).
+        clip: sample: per-example gradient norm bound; client: update norm bound.
+    """
+
+    kind: str
+    epsilon: float | None
+    delta: float
+    noise: float | None
+    clip: float
+
+    def __str__(self) -> str:
+        if self.kind == "sample":
+            return f"sample:{self.epsilon:g},{self.delta:g},{self.clip:g}"
+        return f"client:{self.noise:g},{self.clip:g},{self.delta:g}"
+
+
+def parse_dp(spec: str) -> DpSpec | None:
+    """Parse a `dp` setting ("" -> None); InputError naming what is wrong."""
+    if not isinstance(spec, str):
+        raise InputError(f"dp must be a string like 'sample:3,1e-5' or 'client:1.0,0.5', got {spec!r}")
+    text = spec.strip()
+    if not text:
+        return None
+    kind, sep, rest = text.partition(":")
+    kind = kind.strip()
+    if not sep or kind not in KINDS:
+        raise InputError(f"dp {spec!r}: expected sample:EPS,DELTA[,CLIP] or client:NOISE,CLIP[,DELTA]")
+    values = []
+    for part in rest.split(","):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise InputError(f"dp {spec!r}: {part.strip()!r} is not a number") from None
+    if any(not math.isfinite(v) for v in values):
+        raise InputError(f"dp {spec!r}: every value must be a finite number")
+    if kind == "sample":
+        if len(values) not in (2, 3):
+            raise InputError(f"dp {spec!r}: expected sample:EPS,DELTA[,CLIP], e.g. sample:3,1e-5")
+        epsilon, delta, clip = values[0], values[1], values[2] if len(values) == 3 else DEFAULT_SAMPLE_CLIP
+        if epsilon <= 0:
+            raise InputError(f"dp {spec!r}: epsilon must be > 0, got {epsilon:g}")
+        _check_delta(spec, delta)
+        _check_clip(spec, clip)
+        return DpSpec("sample", epsilon, delta, None, clip)
+    if len(values) not in (2, 3):
+        raise InputError(f"dp {spec!r}: expected client:NOISE,CLIP[,DELTA], e.g. client:1.0,0.5")
+    noise, clip, delta = values[0], values[1], values[2] if len(values) == 3 else DEFAULT_CLIENT_DELTA
+    if noise <= 0:
+        raise InputError(f"dp {spec!r}: the noise multiplier must be > 0 (0 gives no privacy), got {noise:g}")
+    _check_clip(spec, clip)
+    _check_delta(spec, delta)
+    return DpSpec("client", None, delta, noise, clip)
+
+
+def _check_delta(spec: str, delta: float) -> None:
+    if not 0 < delta < 1:
+        raise InputError(f"dp {spec!r}: delta must be > 0 and < 1, got {delta:g}")
+
+
+def _check_clip(spec: str, clip: float) -> None:
+    if clip <= 0:
+        raise InputError(f"dp {spec!r}: the clipping norm must be > 0, got {clip:g}")
+
+
+# --- accounting ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def rdp_epsilon(noise: float, sample_rate: float, steps: int, delta: float) -> float:
+    """Epsilon of `steps` Gaussian steps (noise multiplier, sample rate) at `delta`, from a fresh
+    Opacus RDPAccountant (0.0 for no steps). Cached: a pure function, slow-ish (about 0.1 s)."""
+    from opacus.accountants import RDPAccountant
+
+    if steps <= 0:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = [(float(noise), float(sample_rate), int(steps))]
+    return float(accountant.get_epsilon(delta=delta))
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """A site's DP-SGD plan for the whole run: same for every round, from its data size."""
+
+    sample_rate: float  # Poisson sampling rate = 1 / batches per epoch
+    steps_per_round: int  # local epochs x batches per epoch
+    total_steps: int  # rounds x steps_per_round
+    noise: float  # noise multiplier reaching the target epsilon after total_steps
+
+    def epsilon_after(self, server_round: int, delta: float) -> float:
+        """This site's epsilon once it has trained in rounds 1..server_round (an upper bound if
+        it sat some of them out)."""
+        return rdp_epsilon(self.noise, self.sample_rate, server_round * self.steps_per_round, delta)
+
+
+def site_plan(spec: DpSpec, num_examples: int, *, rounds: int, local_epochs: int, batch_size: int) -> SitePlan:
+    """Calibrate a site's noise multiplier once for the run (Opacus get_noise_multiplier, RDP)."""
+    if spec.kind != "sample":
+        raise ValueError("site_plan is for sample-level DP")
+    if num_examples < 1:
+        raise InputError("DP-SGD needs at least one training example at the site")
+    batches = math.ceil(num_examples / batch_size)
+    sample_rate = 1.0 / batches
+    steps_per_round = local_epochs * batches
+    total = rounds * steps_per_round
+    return SitePlan(sample_rate, steps_per_round, total, _calibrate(spec.epsilon, spec.delta, sample_rate, total))
+
+
+@lru_cache(maxsize=64)
+def _calibrate(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """Opacus' binary search for the noise multiplier (a few seconds: cached per process)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    try:
+        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                          steps=steps, accountant="rdp"))
+    except ValueError as exc:
+        raise InputError(f"dp: cannot reach epsilon {epsilon:g} at delta {delta:g}: {exc}") from None
+
+
+def sample_plan(spec: DpSpec | None, num_examples: int, settings) -> SitePlan | None:
+    """The DP-SGD plan of a site holding `num_examples` under RunSettings `settings`; None unless
+    the run uses sample-level DP."""
+    if spec is None or spec.kind != "sample":
+        return None
+    return site_plan(spec, num_examples, rounds=settings.num_rounds, local_epochs=settings.local_epochs,
+                     batch_size=settings.batch_size)
+
+
+def budget_spent(spec: DpSpec, plan: SitePlan, server_round: int) -> str:
+    """Why a site must not train in `server_round` ("" when it may): its epsilon after the
+    round would exceed the budget."""
+    after = plan.epsilon_after(server_round, spec.delta)
+    if after <= spec.epsilon:
+        return ""
+    return (f"DP budget spent: training in round {server_round} would raise this site's epsilon from "
+            f"{plan.epsilon_after(server_round - 1, spec.delta):.3f} to {after:.3f}, over the budget of "
+            f"{spec.epsilon:g} (delta {spec.delta:g})")
+
+
+def client_epsilon(spec: DpSpec, rounds_done: int) -> float:
+    """Client-level epsilon after `rounds_done` rounds: every site takes part in every round
+    (sample rate 1), one Gaussian release of noise multiplier NOISE per round."""
+    return rdp_epsilon(spec.noise, 1.0, rounds_done, spec.delta)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def check_model(dataset: str) -> None:
+    """InputError if Opacus cannot compute per-example gradients for the dataset's model."""
+    from common.models import build_model
+
+    check_module(build_model(dataset), dataset)
+
+
+def check_module(model, what: str) -> None:
+    """InputError naming the layers Opacus cannot handle (ModuleValidator.validate)."""
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise InputError(f"dp: the {what} model has layers Opacus cannot train privately: "
+                         + "; ".join(str(e) for e in errors))
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def train_private(model, x: np.ndarray, y: np.ndarray, *, plan: SitePlan, clip: float, epochs: int, lr: float,
+                  batch_size: int, seed: int) -> float:
+    """DP-SGD: Opacus' make_private wraps the model, the optimizer and the data loader (Poisson
+    sampling at plan.sample_rate); the loop itself is the plain one. Deterministic for a seed
+    (seeded sampling and noise generators). Returns the mean loss of the last epoch."""
+    import torch
+    from opacus import PrivacyEngine
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from common.training import make_optimizer, seed_everything
+
+    gen = seed_everything(seed)
+    noise_gen = torch.Generator().manual_seed(seed ^ 0x5EED_D9)
+    dataset = TensorDataset(torch.from_numpy(np.asarray(x, dtype=np.float32)),
+                            torch.from_numpy(np.asarray(y, dtype=np.int64)))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
+    engine = PrivacyEngine(accountant="rdp")
+    private_model, optimizer, private_loader = engine.make_private(
+        module=model, optimizer=make_optimizer(model, lr), data_loader=loader, noise_multiplier=plan.noise,
+        max_grad_norm=clip, poisson_sampling=True, noise_generator=noise_gen,
+    )
+    if not math.isclose(private_loader.sample_rate, plan.sample_rate, rel_tol=1e-12):
+        raise RuntimeError(f"Opacus samples at rate {private_loader.sample_rate}, the plan counts {plan.sample_rate}")
+    loss_fn = nn.CrossEntropyLoss()
+    private_model.train()
+    last = float("nan")
+    try:
+        for _ in range(epochs):
+            total, count = 0.0, 0
+            for xb, yb in private_loader:
+                optimizer.zero_grad()
+                loss = loss_fn(private_model(xb), yb)
+                loss.backward()
+                optimizer.step()
+                if len(yb):
+                    total += float(loss.detach()) * len(yb)
+                    count += len(yb)
+            last = total / max(count, 1)
+    finally:
+        private_model.to_standard_module()  # remove Opacus' hooks: `model` is a plain module again
+    steps = sum(n for _, _, n in engine.accountant.history)
+    if steps != epochs * len(private_loader):
+        raise RuntimeError(f"DP-SGD took {steps} steps, the plan counts {epochs * len(private_loader)}")
+    return last
+
+
+def clip_update(trained: dict[str, np.ndarray], base: dict[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:
+    """base + (trained - base) scaled to L2 norm at most `clip` (over all arrays together), with
+    Flower's compute_clip_model_update (what its fixedclipping mods do)."""
+    from flwr.supercore.differential_privacy import compute_clip_model_update
+
+    names = list(trained)
+    params = [np.asarray(trained[n], dtype=np.float64) for n in names]
+    bases = [np.asarray(base[n], dtype=np.float64) for n in names]
+    if any(np.any(p != b) for p, b in zip(params, bases, strict=True)):  # Flower divides by the norm
+        compute_clip_model_update(params, bases, clip)
+    return {n: p.astype(np.float32) for n, p in zip(names, params, strict=True)}

@@ -1,0 +1,221 @@
+"""Differential privacy: the `dp` setting, the epsilon ledger against Opacus' accountant, DP-SGD,
+the budget refusal, client-level clipping and noise, and one short `--dp sample` simulation."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Message, RecordDict
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch import nn
+
+from common import dp, records, wire
+from common.cli import main
+from common.data import load_partition, load_split
+from common.errors import InputError
+from common.models import get_arrays, initial_model, set_arrays
+from common.records import RoundRecord
+from common.settings import RunSettings
+from common.training import evaluate
+from server import dp as server_dp
+from server.aggregation import Update
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the setting --------------------------------------------------------------------------------
+
+
+def test_parse_valid_specs():
+    assert dp.parse_dp("") is None and dp.parse_dp("  ") is None
+    assert dp.parse_dp("sample:3,1e-5") == dp.DpSpec("sample", 3.0, 1e-5, None, dp.DEFAULT_SAMPLE_CLIP)
+    assert dp.parse_dp("sample:8, 1e-6, 0.5") == dp.DpSpec("sample", 8.0, 1e-6, None, 0.5)
+    assert dp.parse_dp("client:1.0,0.5") == dp.DpSpec("client", None, dp.DEFAULT_CLIENT_DELTA, 1.0, 0.5)
+    assert dp.parse_dp("client:2,1,1e-3") == dp.DpSpec("client", None, 1e-3, 2.0, 1.0)
+    spec = RunSettings(dp="sample:3,1e-5")
+    assert spec.dp_spec.epsilon == 3.0 and RunSettings.from_run_config(spec.to_run_config()) == spec
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("sample:0,1e-5", "epsilon must be > 0, got 0"),
+    ("sample:-1,1e-5", "epsilon must be > 0, got -1"),
+    ("sample:3,1", "delta must be > 0 and < 1, got 1"),
+    ("sample:3,2", "delta must be > 0 and < 1, got 2"),
+    ("sample:3,0", "delta must be > 0 and < 1, got 0"),
+    ("sample:3,1e-5,0", "clipping norm must be > 0"),
+    ("sample:3", "expected sample:EPS,DELTA[,CLIP]"),
+    ("sample:inf,1e-5", "finite number"),
+    ("sample:three,1e-5", "'three' is not a number"),
+    ("client:0,1", "noise multiplier must be > 0"),
+    ("client:1,-1", "clipping norm must be > 0"),
+    ("client:1,1,1.5", "delta must be > 0 and < 1"),
+    ("laplace:1,1", "expected sample:EPS,DELTA[,CLIP] or client:NOISE,CLIP[,DELTA]"),
+    ("3,1e-5", "expected sample:EPS,DELTA[,CLIP] or client:NOISE,CLIP[,DELTA]"),
+])
+def test_bad_values_raise_input_error_naming_the_problem(spec, msg):
+    with pytest.raises(InputError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        dp.parse_dp(spec)
+    with pytest.raises(InputError):
+        RunSettings(dp=spec)
+
+
+def test_client_level_needs_fedavg():
+    with pytest.raises(InputError, match="needs aggregator fedavg"):
+        RunSettings(dp="client:1,1", aggregator="median")
+    RunSettings(dp="sample:3,1e-5", aggregator="median")  # DP-SGD output is post-processed freely
+
+
+def test_simulate_flag_bad_value_is_one_line_exit_2(capsys, tmp_path):
+    code = main(["simulate", "--dp", "sample:3,1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [
+        "fedseal: error: dp 'sample:3,1': delta must be > 0 and < 1, got 1"]
+    assert not (tmp_path / "run").exists()  # refused before anything was started or written
+
+
+def test_models_are_opacus_compatible_and_an_incompatible_layer_is_refused():
+    dp.check_model("breast-cancer")
+    dp.check_model("digits")
+    with pytest.raises(InputError, match="BatchNorm"):
+        dp.check_module(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), "custom")
+
+
+# --- accounting ---------------------------------------------------------------------------------
+
+
+def _opacus_epsilon(noise, sample_rate, steps, delta):
+    """What Opacus' own RDP accountant says after `steps` optimizer steps."""
+    accountant = RDPAccountant()
+    for _ in range(steps):
+        accountant.step(noise_multiplier=noise, sample_rate=sample_rate)
+    return accountant.get_epsilon(delta=delta)
+
+
+def test_reported_epsilon_equals_opacus_accountant_for_the_same_steps():
+    spec = dp.parse_dp("sample:3,1e-5")
+    plan = dp.site_plan(spec, 91, rounds=5, local_epochs=5, batch_size=32)
+    assert plan.sample_rate == pytest.approx(1 / 3) and plan.steps_per_round == 15 and plan.total_steps == 75
+    assert plan.noise == get_noise_multiplier(target_epsilon=3, target_delta=1e-5, sample_rate=1 / 3, steps=75,
+                                              accountant="rdp")
+    for r in (1, 3, 5):
+        assert plan.epsilon_after(r, 1e-5) == pytest.approx(_opacus_epsilon(plan.noise, 1 / 3, 15 * r, 1e-5),
+                                                             rel=1e-12)
+    assert 2.9 < plan.epsilon_after(5, 1e-5) <= 3  # calibrated to reach, never exceed, the budget
+    assert plan.epsilon_after(0, 1e-5) == 0.0
+
+
+def test_budget_spent_refusal_reason_and_server_audit_event(flower_task_identity):
+    from client.app import refuse
+
+    spec = dp.parse_dp("sample:3,1e-5")
+    plan = dp.site_plan(spec, 91, rounds=2, local_epochs=1, batch_size=32)
+    assert dp.budget_spent(spec, plan, 1) == "" and dp.budget_spent(spec, plan, 2) == ""
+    reason = dp.budget_spent(spec, plan, 3)  # a third round would go past the budget
+    assert reason.startswith("DP budget spent: training in round 3 would raise this site's epsilon")
+    assert "over the budget of 3" in reason
+    request = Message(RecordDict({}), dst_node_id=0, message_type=wire.TRAIN)
+    reply = refuse(request, "4", reason, **{wire.DP_BUDGET_SPENT: 1, wire.DP_EPSILON: plan.epsilon_after(2, 1e-5)})
+    assert server_dp.refusal_event(reply) == "dp_budget_spent"
+    assert server_dp.reported_epsilon(reply) == pytest.approx(plan.epsilon_after(2, 1e-5))
+    plain = refuse(request, "4", "global model tampered beyond recovery")
+    assert server_dp.refusal_event(plain) == "global_refused" and server_dp.reported_epsilon(plain) is None
+
+
+# --- DP-SGD -------------------------------------------------------------------------------------
+
+
+def test_dp_sgd_is_deterministic_takes_the_planned_steps_and_learns():
+    torch.set_num_threads(1)
+    spec = dp.parse_dp("sample:8,1e-5")
+    x, y = load_partition("breast-cancer", 0, 3, "iid", 0)
+    plan = dp.site_plan(spec, len(y), rounds=1, local_epochs=3, batch_size=32)
+    models = []
+    for _ in range(2):
+        model = initial_model("breast-cancer", 0)
+        dp.train_private(model, x, y, plan=plan, clip=spec.clip, epochs=3, lr=0.05, batch_size=32, seed=7)
+        models.append(get_arrays(model))
+        assert not hasattr(model, "_module") and not any(hasattr(p, "grad_sample") and p.grad_sample is not None
+                                                         for p in model.parameters())
+    for name in models[0]:
+        np.testing.assert_array_equal(models[0][name], models[1][name])
+    split = load_split("breast-cancer")
+    model = initial_model("breast-cancer", 0)
+    set_arrays(model, models[0])
+    assert evaluate(model, split.x_test, split.y_test).accuracy > 0.8
+
+
+# --- client-level -------------------------------------------------------------------------------
+
+
+def _arrays(value):
+    return {"w": np.full((3, 4), value, dtype=np.float32), "b": np.full(2, value, dtype=np.float32)}
+
+
+def test_client_update_clipping_and_server_noise():
+    base = _arrays(1.0)
+    far = _arrays(4.0)  # update of norm 3 x sqrt(14)
+    clipped = dp.clip_update(far, base, 0.5)
+    norm = math.sqrt(sum(float(np.sum((clipped[n].astype(np.float64) - base[n]) ** 2)) for n in base))
+    assert norm == pytest.approx(0.5, rel=1e-6)
+    near = _arrays(1.001)  # already within the bound: unchanged
+    np.testing.assert_allclose(dp.clip_update(near, base, 0.5)["w"], near["w"], rtol=0, atol=1e-7)
+
+    # The server clips again (a site that skipped clipping cannot raise the sensitivity) and
+    # adds noise of std NOISE x CLIP / n to the unweighted mean.
+    spec = dp.parse_dp("client:1e-9,0.5")
+    updates = [Update("0", far, 1), Update("1", base, 1000)]
+    out = server_dp.noisy_mean(base, updates, spec, np.random.default_rng(0))
+    np.testing.assert_allclose(out["w"], base["w"] + (clipped["w"] - base["w"]) / 2, atol=1e-6)
+    spec = dp.parse_dp("client:2,0.5")
+    big = {"w": np.zeros((200, 200), dtype=np.float32)}
+    out = server_dp.noisy_mean(big, [Update(str(i), big, 1) for i in range(4)], spec, np.random.default_rng(1))
+    assert float(np.std(out["w"])) == pytest.approx(2 * 0.5 / 4, rel=0.02)
+
+
+def test_client_level_epsilon_ledger_uses_the_accountant_with_sample_rate_one():
+    spec = dp.parse_dp("client:1.2,1.0")
+    rounds = [RoundRecord(r, 0.9, 0.1, 1.0, 0, 0, 2, epsilon=server_dp.round_epsilon(spec, r, {}, ["1", "0"]))
+              for r in (1, 2, 3)]
+    expected = _opacus_epsilon(1.2, 1.0, 3, 1e-5)
+    assert rounds[-1].epsilon == {"0": pytest.approx(expected), "1": pytest.approx(expected)}
+    fields = server_dp.summary_fields(spec, rounds)
+    assert fields["dp_unit"] == "site" and fields["epsilon_max"] == pytest.approx(expected)
+    assert fields["epsilon_all_rounds"] == pytest.approx(expected) and fields["noise_multiplier"] == 1.2
+    # old rounds.jsonl lines without `epsilon` still load
+    old = {k: v for k, v in rounds[0].to_json().items() if k not in ("epsilon", "stages")}
+    assert RoundRecord(**old).epsilon == {}
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def test_simulation_with_sample_level_dp_reports_epsilon_within_budget(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "common.cli", "simulate", "--dataset", "breast-cancer", "--clients", "3",
+         "--rounds", "2", "--local-epochs", "3", "--dp", "sample:3,1e-5", "--out", str(out), "--no-report"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr + (out / "simulation.log").read_text()[-3000:]
+    summary = json.loads((out / records.SUMMARY).read_text())
+    assert summary["dp"] == "sample:3,1e-05,1" and summary["dp_unit"] == "example"
+    assert set(summary["epsilon"]) == {"0", "1", "2"}
+    assert 2.9 < summary["epsilon_max"] <= 3.0
+    assert summary["final_accuracy"] > 0.85  # chance is about 0.63 (majority class)
+    for site, eps in summary["epsilon"].items():
+        n = len(load_partition("breast-cancer", int(site), 3, "iid", 0)[1])
+        batches = math.ceil(n / 32)
+        noise = get_noise_multiplier(target_epsilon=3, target_delta=1e-5, sample_rate=1 / batches,
+                                     steps=2 * 3 * batches, accountant="rdp")
+        assert eps == pytest.approx(_opacus_epsilon(noise, 1 / batches, 2 * 3 * batches, 1e-5), rel=1e-9)
+    rounds = records.read_jsonl(out / records.ROUNDS)
+    assert [max(r["epsilon"].values()) < summary["epsilon_max"] for r in rounds] == [True, False]
+    assert "epsilon max" in proc.stdout and "differential privacy sample:3,1e-05,1" in proc.stdout
