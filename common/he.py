@@ -1,0 +1,304 @@
+"""Additive homomorphic aggregation of model updates (CKKS, Microsoft SEAL via `tenseal.sealapi`).
+
+Flower-free. Sites hold the secret context (parameters + the federation's CKKS secret key); the
+server holds the public context (parameters only: no secret key, no public key, no Galois keys)
+and only adds ciphertexts.
+
+    secret_ctx, public_ctx = make_keys()                         # once, by the federation
+    chunks = encrypt(update_f32, n_examples, secret_ctx)         # each site
+    summed = add([chunks_site_a, chunks_site_b, ...], public_ctx)  # server (assert_no_secret first)
+    mean = decrypt(summed, secret_ctx, len(update_f32)) / sum_n  # a site
+
+Three levers against the common TenSEAL default (N=8192 [60,40,40], 14.4x the float32 bytes):
+- seeded secret-key ciphertexts: `Encryptor.encrypt_symmetric(plain)` returns a `Serializable`
+  whose save() ships a 64-byte PRNG seed instead of the second polynomial c1;
+- complex packing: slot k carries x[2k] in its real part and x[2k+1] in its imaginary part, so one
+  N=4096 ciphertext holds 4096 reals;
+- one prime: the coefficient modulus is a single 50-bit prime (no special prime: SEAL accepts a
+  one-prime chain, key level = data level, and sums need no key switching). 50 bits at N=4096 is
+  far under SEAL's 128-bit HE-standard bound `CoeffModulus.MaxBitCount(4096) = 109`; SEAL itself
+  checks it when the context is built with `sec_level=TC128`.
+
+Precision and range: values are encoded at scale 2^SCALE_BITS (30). A decrypted sum is exact to
+about 1e-5 absolute (100 sites; noise grows like sqrt(sites)), i.e. ~1e-7 on the weighted mean
+once divided by sum n >= 100. The sum must stay below 2^(49-30) = 524288 in absolute value or it
+wraps around silently; `encrypt` therefore refuses a site whose |vector * weight| exceeds
+`capacity / max_sites` (4096 with the default 128 sites) and `add` refuses more than max_sites
+sites. Scale weights accordingly (e.g. weight = n_examples, or n_examples / 1000 for big sites).
+
+SEAL serializes with its compile-time default compression (zstd in TenSEAL 0.3.18 wheels);
+`sealapi` exposes no compr_mode argument, so the choice is not ours. It saves and loads through
+file paths only: byte round trips go through a private (0600) file on tmpfs (/dev/shm).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import struct
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal.sealapi as sealapi
+
+from common.errors import InputError
+
+POLY_MODULUS_DEGREE = 4096
+PRIME_BITS = 50
+SCALE_BITS = 30
+MAX_SITES = 128
+SLOTS = POLY_MODULUS_DEGREE // 2
+CHUNK = 2 * SLOTS  # reals per ciphertext (complex packing)
+
+_MAGIC = b"FSHE\x01"
+_PUBLIC, _SECRET = b"P", b"S"
+_HEAD = struct.Struct("<5scHHI")  # magic, kind, scale_bits, max_sites, len(params)
+_LEN = struct.Struct("<I")
+
+
+class HEError(InputError):
+    """An HE context or ciphertext is malformed, of other parameters, or used the wrong way."""
+
+
+@contextmanager
+def _scratch():
+    """A private temporary file path on tmpfs when there is one (sealapi reads/writes paths only)."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    fd, path = tempfile.mkstemp(prefix="fedseal-he-", dir=base)
+    os.close(fd)
+    try:
+        yield path
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _save(obj, path: str) -> bytes:
+    obj.save(path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _put(data: bytes, path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _parameters(prime_bits: int = PRIME_BITS) -> sealapi.EncryptionParameters:
+    parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(POLY_MODULUS_DEGREE)
+    parms.set_coeff_modulus(sealapi.CoeffModulus.Create(POLY_MODULUS_DEGREE, [prime_bits]))
+    return parms
+
+
+def _seal_context(parms) -> sealapi.SEALContext:
+    ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+    if not ctx.parameters_set():
+        raise HEError(f"HE parameters rejected by SEAL: {ctx.parameters_error_message()}")
+    return ctx
+
+
+def make_keys(
+    scale_bits: int = SCALE_BITS, max_sites: int = MAX_SITES, *, _prime_bits: int = PRIME_BITS
+) -> tuple[bytes, bytes]:
+    """New federation keys: (secret context bytes for the sites, public context bytes for the server).
+
+    The public context holds the encryption parameters only (no secret, public or Galois key).
+    """
+    if not 20 <= scale_bits <= _prime_bits - 10:
+        raise HEError(f"scale_bits must be in [20, {_prime_bits - 10}], got {scale_bits}")
+    if not 1 <= max_sites <= 65535:
+        raise HEError(f"max_sites must be in [1, 65535], got {max_sites}")
+    parms = _parameters(_prime_bits)
+    ctx = _seal_context(parms)
+    secret_key = sealapi.KeyGenerator(ctx).secret_key()
+    with _scratch() as path:
+        parms_bytes = _save(parms, path)
+        sk_bytes = _save(secret_key, path)
+    public = _HEAD.pack(_MAGIC, _PUBLIC, scale_bits, max_sites, len(parms_bytes)) + parms_bytes
+    secret = (_HEAD.pack(_MAGIC, _SECRET, scale_bits, max_sites, len(parms_bytes)) + parms_bytes
+              + _LEN.pack(len(sk_bytes)) + sk_bytes)
+    return secret, public
+
+
+def _split(ctx_bytes: bytes) -> tuple[bytes, int, int, bytes, bytes]:
+    """(kind, scale_bits, max_sites, params bytes, secret key bytes or b'') of a FedSeal HE context."""
+    if not isinstance(ctx_bytes, (bytes, bytearray, memoryview)):
+        raise HEError("an HE context must be bytes")
+    ctx_bytes = bytes(ctx_bytes)
+    if len(ctx_bytes) < _HEAD.size or not ctx_bytes.startswith(_MAGIC):
+        raise HEError("not a FedSeal HE context (bad magic or too short)")
+    _, kind, scale_bits, max_sites, n_parms = _HEAD.unpack_from(ctx_bytes)
+    end = _HEAD.size + n_parms
+    if kind not in (_PUBLIC, _SECRET) or len(ctx_bytes) < end:
+        raise HEError("malformed FedSeal HE context (kind or length)")
+    parms_bytes, rest = ctx_bytes[_HEAD.size:end], ctx_bytes[end:]
+    sk_bytes = b""
+    if rest:
+        if len(rest) < _LEN.size or _LEN.unpack_from(rest)[0] != len(rest) - _LEN.size:
+            raise HEError("malformed FedSeal HE context (trailing bytes)")
+        sk_bytes = rest[_LEN.size:]
+    if (kind == _SECRET) != bool(sk_bytes):
+        raise HEError("malformed FedSeal HE context (kind does not match contents)")
+    return kind, scale_bits, max_sites, parms_bytes, sk_bytes
+
+
+def assert_no_secret(public_context_bytes: bytes) -> None:
+    """Raise HEError (an InputError) unless these are well-formed FedSeal HE context bytes
+    that hold no secret key. The server calls this on the context it is given."""
+    kind, _, _, _, sk_bytes = _split(public_context_bytes)
+    if kind != _PUBLIC or sk_bytes:
+        raise HEError("this HE context holds the secret key: the server must get the public context")
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    seal: sealapi.SEALContext
+    parms_id: tuple
+    scale: float
+    max_sites: int
+    secret_key: object | None
+    encoder: sealapi.CKKSEncoder
+    evaluator: sealapi.Evaluator
+    encryptor: sealapi.Encryptor | None
+    decryptor: sealapi.Decryptor | None
+
+    @property
+    def capacity(self) -> float:
+        """Largest |sum| that decodes without wrapping around (with a factor-2 margin)."""
+        q = self.seal.first_context_data().parms().coeff_modulus()[0].value()
+        return q / 4 / self.scale
+
+    @property
+    def site_limit(self) -> float:
+        return self.capacity / self.max_sites
+
+
+@functools.lru_cache(maxsize=8)
+def _load(ctx_bytes: bytes) -> _Ctx:
+    kind, scale_bits, max_sites, parms_bytes, sk_bytes = _split(ctx_bytes)
+    try:
+        with _scratch() as path:
+            parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+            _put(parms_bytes, path)
+            parms.load(path)
+            if parms.scheme() != sealapi.SCHEME_TYPE.CKKS or parms.poly_modulus_degree() != POLY_MODULUS_DEGREE:
+                raise HEError("HE context is not CKKS with N=4096")
+            seal = _seal_context(parms)
+            secret_key = None
+            if kind == _SECRET:
+                secret_key = sealapi.SecretKey()
+                _put(sk_bytes, path)
+                secret_key.load(seal, path)
+    except HEError:
+        raise
+    except Exception as exc:  # SEAL's std::exceptions arrive as ValueError/RuntimeError/...
+        raise HEError(f"corrupt HE context: {exc}") from exc
+    return _Ctx(seal, tuple(seal.first_parms_id()), float(2.0 ** scale_bits), max_sites, secret_key,
+                sealapi.CKKSEncoder(seal), sealapi.Evaluator(seal),
+                sealapi.Encryptor(seal, secret_key) if secret_key is not None else None,
+                sealapi.Decryptor(seal, secret_key) if secret_key is not None else None)
+
+
+def _secret(ctx_bytes: bytes) -> _Ctx:
+    ctx = _load(bytes(ctx_bytes))
+    if ctx.secret_key is None:
+        raise HEError("this operation needs the secret HE context (held by sites only)")
+    return ctx
+
+
+def n_chunks(length: int) -> int:
+    """Ciphertexts needed for a vector of `length` reals."""
+    return max(1, math.ceil(length / CHUNK))
+
+
+def encrypt(vector: np.ndarray, weight: float, secret_ctx: bytes) -> list[bytes]:
+    """Seeded CKKS ciphertexts (one per 4096 reals, serialized by SEAL) of vector * weight."""
+    ctx = _secret(secret_ctx)
+    x = np.asarray(vector)
+    if x.ndim != 1 or x.size == 0:
+        raise HEError(f"encrypt takes a non-empty 1-D vector, got shape {x.shape}")
+    if not math.isfinite(weight) or weight < 0:
+        raise HEError(f"weight must be finite and >= 0, got {weight}")
+    x = x.astype(np.float64) * float(weight)
+    peak = float(np.max(np.abs(x)))
+    if not math.isfinite(peak):
+        raise HEError("update holds NaN or Inf")
+    if peak > ctx.site_limit:
+        raise HEError(f"|update * weight| reaches {peak:.4g}, above the per-site limit "
+                      f"{ctx.site_limit:.4g} (sum of up to {ctx.max_sites} sites must stay below "
+                      f"{ctx.capacity:.4g}): scale the weight down")
+    count = n_chunks(x.size)
+    padded = np.zeros(count * CHUNK)
+    padded[: x.size] = x
+    slots = (padded[0::2] + 1j * padded[1::2]).reshape(count, SLOTS)
+    encoder, encryptor = ctx.encoder, ctx.encryptor
+    plain = sealapi.Plaintext()
+    out = []
+    with _scratch() as path:
+        for row in slots:
+            encoder.encode(row.tolist(), ctx.scale, plain)
+            out.append(_save(encryptor.encrypt_symmetric(plain), path))
+    return out
+
+
+def _load_ciphertext(ctx: _Ctx, data: bytes, path: str, where: str) -> sealapi.Ciphertext:
+    if not isinstance(data, (bytes, bytearray)) or len(data) < 16:
+        raise HEError(f"{where}: not a ciphertext (too short)")
+    _put(data, path)
+    ct = sealapi.Ciphertext()
+    try:
+        ct.load(ctx.seal, path)  # SEAL checks header, size, parms_id and coefficient ranges
+    except Exception as exc:
+        raise HEError(f"{where}: invalid ciphertext for this HE context ({exc})") from exc
+    if tuple(ct.parms_id()) != ctx.parms_id or ct.size() != 2 or not ct.is_ntt_form():
+        raise HEError(f"{where}: ciphertext of other parameters (parms_id/size/form mismatch)")
+    if ct.scale != ctx.scale:
+        raise HEError(f"{where}: ciphertext scale {ct.scale} differs from the context's {ctx.scale}")
+    return ct
+
+
+def add(ciphertexts_per_site: list[list[bytes]], public_ctx: bytes) -> list[bytes]:
+    """Server side: the homomorphic sum, chunk by chunk, of every site's ciphertexts."""
+    ctx = _load(bytes(public_ctx))
+    sites = list(ciphertexts_per_site)
+    if not sites:
+        raise HEError("add needs at least one site")
+    if len(sites) > ctx.max_sites:
+        raise HEError(f"{len(sites)} sites exceed this context's max_sites={ctx.max_sites}")
+    count = len(sites[0])
+    for i, site in enumerate(sites):
+        if len(site) != count or count == 0:
+            raise HEError(f"site {i} sent {len(site)} ciphertexts, expected {count} (site 0) and > 0")
+    evaluator = ctx.evaluator
+    out = []
+    with _scratch() as path:
+        for c in range(count):
+            acc = _load_ciphertext(ctx, sites[0][c], path, f"site 0 chunk {c}")
+            for i in range(1, len(sites)):
+                evaluator.add_inplace(acc, _load_ciphertext(ctx, sites[i][c], path, f"site {i} chunk {c}"))
+            out.append(_save(acc, path))
+    return out
+
+
+def decrypt(summed: list[bytes], secret_ctx: bytes, length: int) -> np.ndarray:
+    """Site side: the float64 vector (first `length` reals) of a summed ciphertext list."""
+    ctx = _secret(secret_ctx)
+    if length < 1 or len(summed) != n_chunks(length):
+        raise HEError(f"{len(summed)} ciphertexts cannot hold {length} values "
+                      f"(expected {n_chunks(length)})")
+    decryptor, encoder = ctx.decryptor, ctx.encoder
+    plain = sealapi.Plaintext()
+    out = np.empty(len(summed) * CHUNK)
+    with _scratch() as path:
+        for c, data in enumerate(summed):
+            decryptor.decrypt(_load_ciphertext(ctx, data, path, f"sum chunk {c}"), plain)
+            z = np.asarray(encoder.decode_complex(plain))
+            out[c * CHUNK:(c + 1) * CHUNK:2] = z.real
+            out[c * CHUNK + 1:(c + 1) * CHUNK:2] = z.imag
+    return out[:length]

@@ -1,0 +1,168 @@
+"""common/he.py: CKKS keys, seeded encryption, server-side sums, decryption and input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tenseal.sealapi as sealapi
+
+from common import he
+from common.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return he.make_keys()
+
+
+@pytest.fixture(scope="module")
+def other_keys():
+    """Other parameters: a 46-bit prime instead of 50 (another parms_id)."""
+    return he.make_keys(_prime_bits=46)
+
+
+def test_parameters_meet_seal_128_bit_bound(keys):
+    _, public = keys
+    ctx = he._load(public)
+    data = ctx.seal.first_context_data()
+    assert data.parms().poly_modulus_degree() == 4096
+    bits = data.total_coeff_modulus_bit_count()
+    assert bits == he.PRIME_BITS <= sealapi.CoeffModulus.MaxBitCount(4096, sealapi.SEC_LEVEL_TYPE.TC128) == 109
+    assert data.qualifiers().sec_level == sealapi.SEC_LEVEL_TYPE.TC128
+    assert len(data.parms().coeff_modulus()) == 1  # the data level is the only level
+
+
+def test_public_context_holds_no_secret(keys):
+    secret, public = keys
+    he.assert_no_secret(public)
+    assert len(public) < 200  # parameters only: no secret, public or Galois key
+    with pytest.raises(InputError, match="secret key"):
+        he.assert_no_secret(secret)
+
+
+@pytest.mark.parametrize("bad", [b"", b"garbage", b"FSHE\x01", b"FSHE\x01P" + b"\x00" * 40])
+def test_assert_no_secret_refuses_malformed(bad):
+    with pytest.raises(InputError):
+        he.assert_no_secret(bad)
+
+
+def test_public_context_with_secret_appended_is_refused(keys):
+    secret, public = keys
+    with pytest.raises(InputError):
+        he.assert_no_secret(public + secret[len(public):])
+
+
+def test_server_cannot_encrypt_or_decrypt(keys):
+    secret, public = keys
+    with pytest.raises(InputError, match="secret HE context"):
+        he.encrypt(np.ones(3, np.float32), 1.0, public)
+    cts = he.encrypt(np.ones(3, np.float32), 1.0, secret)
+    with pytest.raises(InputError, match="secret HE context"):
+        he.decrypt(cts, public, 3)
+
+
+@pytest.mark.parametrize("length", [1, 7, he.CHUNK - 1, he.CHUNK, he.CHUNK + 1])
+def test_round_trip(keys, length):
+    secret, public = keys
+    x = np.random.default_rng(length).normal(0, 0.1, length).astype(np.float32)
+    cts = he.encrypt(x, 3.0, secret)
+    assert len(cts) == he.n_chunks(length)
+    out = he.decrypt(he.add([cts], public), secret, length)
+    assert out.dtype == np.float64 and out.shape == (length,)
+    assert np.max(np.abs(out - 3.0 * x.astype(np.float64))) < 1e-6
+
+
+def test_seeded_upload_under_two_float32(keys):
+    secret, _ = keys
+    x = np.random.default_rng(1).normal(0, 0.05, 2 * he.CHUNK).astype(np.float32)
+    cts = he.encrypt(x, 100.0, secret)
+    assert sum(map(len, cts)) / x.nbytes <= 2.0  # unseeded would be ~3.4x (two polynomials)
+
+
+def test_hundred_site_weighted_sum_error(keys):
+    """100 sites, realistic deltas and example counts: error of the weighted mean <= 1e-6."""
+    secret, public = keys
+    rng = np.random.default_rng(42)
+    length = 2 * he.CHUNK + 123
+    updates = [rng.normal(0, 0.02, length).astype(np.float32) for _ in range(100)]
+    counts = rng.integers(10, 2000, size=100)
+    uploads = [he.encrypt(u, float(n), secret) for u, n in zip(updates, counts)]
+    mean = he.decrypt(he.add(uploads, public), secret, length) / counts.sum()
+    expected = sum(u.astype(np.float64) * n for u, n in zip(updates, counts)) / counts.sum()
+    assert np.max(np.abs(mean - expected)) <= 1e-6
+    # Unweighted (weight 1 each): the sum itself is still within 1e-4, the mean within 1e-6.
+    plain = [he.encrypt(u, 1.0, secret) for u in updates[:100]]
+    total = he.decrypt(he.add(plain, public), secret, length)
+    exact = sum(u.astype(np.float64) for u in updates)
+    assert np.max(np.abs(total - exact)) <= 1e-4
+    assert np.max(np.abs(total - exact)) / 100 <= 1e-6
+
+
+def test_ciphertext_of_other_parameters_is_refused(keys, other_keys):
+    secret, public = keys
+    foreign = he.encrypt(np.ones(5, np.float32), 1.0, other_keys[0])
+    mine = he.encrypt(np.ones(5, np.float32), 1.0, secret)
+    with pytest.raises(InputError, match="site 1 chunk 0"):
+        he.add([mine, foreign], public)
+    with pytest.raises(InputError):
+        he.decrypt(foreign, secret, 5)
+
+
+def test_ciphertext_of_other_scale_is_refused(keys):
+    secret, public = keys
+    other_secret, _ = he.make_keys(scale_bits=32)
+    odd = he.encrypt(np.ones(5, np.float32), 1.0, other_secret)  # same prime, other scale
+    with pytest.raises(InputError, match="scale"):
+        he.add([he.encrypt(np.ones(5, np.float32), 1.0, secret), odd], public)
+
+
+@pytest.mark.parametrize("cut", [0, 10, 16, 100, -1, -1000])
+def test_truncated_ciphertext_is_refused(keys, cut):
+    secret, public = keys
+    (ct,) = he.encrypt(np.ones(5, np.float32), 1.0, secret)
+    with pytest.raises(InputError):
+        he.add([[ct[:cut]]], public)
+
+
+def test_garbled_ciphertext_is_refused(keys):
+    secret, public = keys
+    (ct,) = he.encrypt(np.ones(5, np.float32), 1.0, secret)
+    rng = np.random.default_rng(0)
+    with pytest.raises(InputError):
+        he.add([[bytes(rng.integers(0, 256, len(ct), dtype=np.uint8))]], public)
+    with pytest.raises(InputError):
+        he.add([[ct[:16] + bytes(len(ct) - 16)]], public)
+    with pytest.raises(InputError):
+        he.add([["not bytes"]], public)
+
+
+def test_wrong_chunk_count_is_refused(keys):
+    secret, public = keys
+    two = he.encrypt(np.ones(he.CHUNK + 1, np.float32), 1.0, secret)
+    one = he.encrypt(np.ones(5, np.float32), 1.0, secret)
+    with pytest.raises(InputError, match="site 1 sent 1 ciphertexts, expected 2"):
+        he.add([two, one], public)
+    with pytest.raises(InputError, match="expected"):
+        he.add([[], []], public)
+    with pytest.raises(InputError, match="cannot hold"):
+        he.decrypt(he.add([two], public), secret, 5)
+    with pytest.raises(InputError):
+        he.add([], public)
+
+
+def test_range_limits(keys):
+    secret, public = keys
+    ctx = he._load(public)
+    with pytest.raises(InputError, match="per-site limit"):
+        he.encrypt(np.full(4, 1.0, np.float32), ctx.site_limit * 1.01, secret)
+    with pytest.raises(InputError, match="NaN"):
+        he.encrypt(np.array([np.nan], np.float32), 1.0, secret)
+    with pytest.raises(InputError, match="weight"):
+        he.encrypt(np.ones(2, np.float32), -1.0, secret)
+    (ct,) = he.encrypt(np.ones(2, np.float32), 1.0, secret)
+    with pytest.raises(InputError, match="max_sites"):
+        he.add([[ct]] * (ctx.max_sites + 1), public)
+    # At the limit, max_sites sites still sum without wrap-around.
+    top = he.encrypt(np.array([1.0, -1.0], np.float32), ctx.site_limit, secret)
+    total = he.decrypt(he.add([top] * ctx.max_sites, public), secret, 2)
+    assert np.allclose(total, [ctx.capacity, -ctx.capacity], rtol=1e-9)
