@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +24,7 @@ from common.settings import RunSettings
 from common.training import evaluate
 from server import dp as server_dp
 from server.aggregation import Update
-
-ROOT = Path(__file__).resolve().parents[1]
+from simrun import simulate
 
 
 # --- the setting --------------------------------------------------------------------------------
@@ -199,12 +195,8 @@ def test_client_level_epsilon_ledger_uses_the_accountant_with_sample_rate_one():
 
 def test_simulation_with_sample_level_dp_reports_epsilon_within_budget(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "common.cli", "simulate", "--dataset", "breast-cancer", "--clients", "3",
-         "--rounds", "2", "--local-epochs", "3", "--dp", "sample:3,1e-5", "--out", str(out), "--no-report"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr + (out / "simulation.log").read_text()[-3000:]
+    proc = simulate("--dataset", "breast-cancer", "--clients", "3", "--rounds", "2", "--local-epochs", "3",
+                    "--dp", "sample:3,1e-5", "--no-report", out=out)
     summary = json.loads((out / records.SUMMARY).read_text())
     assert summary["dp"] == "sample:3,1e-05,1" and summary["dp_unit"] == "example"
     assert set(summary["epsilon"]) == {"0", "1", "2"}

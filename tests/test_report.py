@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import struct
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 
 from common import records
 from common.cli import main
 from common.report import REPORT, write_report
+from simrun import simulate
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -40,13 +36,9 @@ def attacked_run(tmp_path_factory):
     """3 sites, 3 rounds: a tampered reply and a tampered global model in round 2; in round 3 a forged
     reply and a corrupted global model leave one reply, so the round is skipped."""
     out = tmp_path_factory.mktemp("report") / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "common.cli", "simulate", "--clients", "3", "--rounds", "3", "--local-epochs", "2",
-         "--out", str(out), "--inject", "tamper-update:0:2", "--inject", "tamper-global:1:2",
-         "--inject", "forge-update:2:3", "--inject", "corrupt-global:1:3"],
-        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = simulate("--clients", "3", "--rounds", "3", "--local-epochs", "2", "--inject", "tamper-update:0:2",
+                    "--inject", "tamper-global:1:2", "--inject", "forge-update:2:3", "--inject", "corrupt-global:1:3",
+                    out=out)
     return out, proc
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,35 +13,11 @@ from common import records, watermark
 from common.keys import load_secret
 from common.modelio import load_state
 from common.models import array_spec, get_arrays, initial_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _processes_with_marker(marker: str) -> list[int]:
-    """PIDs whose environment carries `marker` (inherited by everything the run started)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker.encode() in (entry / "environ").read_bytes() and "Z" != (entry / "stat").read_text().split()[2]:
-                found.append(int(entry.name))
-        except OSError:
-            pass
-    return found
+from simrun import simulate
 
 
 def _simulate(out: Path) -> subprocess.CompletedProcess:
-    marker = f"FEDSEAL_TEST_RUN={uuid.uuid4().hex}"
-    env = dict(os.environ, FEDSEAL_TEST_RUN=marker.split("=")[1])
-    proc = subprocess.run(
-        [sys.executable, "-m", "common.cli", "simulate", "--dataset", "breast-cancer", "--clients", "3",
-         "--rounds", "2", "--seed", "0", "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr + (out / "simulation.log").read_text()[-3000:]
-    assert _processes_with_marker(marker) == [], "a process of the run survived the command"
-    return proc
+    return simulate("--dataset", "breast-cancer", "--clients", "3", "--rounds", "2", "--seed", "0", out=out)
 
 
 @pytest.fixture(scope="module")

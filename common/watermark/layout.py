@@ -191,7 +191,6 @@ def build(specs: list[TensorSpec], k: int, key: bytes) -> Layout:
     check_k(k)
     min_tail = -(-8 * TAG_BYTES // k)  # parameters needed to hold one tag
     carriers: list[Carrier] = []
-    tails: list[tuple[TensorSpec, int]] = []
     full_rows = 0
     for spec in specs:
         if spec.dtype == "float32" and spec.numel >= min_tail:

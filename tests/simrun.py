@@ -1,0 +1,80 @@
+"""Running `fedseal simulate` from tests: as a subprocess, checking that no process it started survives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from common import records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def processes_with_marker(marker: str) -> list[int]:
+    """PIDs (not zombies) whose environment carries `marker` (inherited by everything a run started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes() and (entry / "stat").read_text().split()[2] != "Z":
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def _env() -> tuple[dict, str]:
+    marker = uuid.uuid4().hex
+    return dict(os.environ, FEDSEAL_TEST_RUN=marker), f"FEDSEAL_TEST_RUN={marker}"
+
+
+def _log(out: Path | None) -> str:
+    path = out / "simulation.log" if out else None
+    return path.read_text(errors="replace")[-3000:] if path and path.exists() else ""
+
+
+def assert_no_leftovers(marker: str) -> None:
+    deadline = time.monotonic() + 5
+    while (left := processes_with_marker(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == [], "a process of the run survived the command"
+
+
+def simulate(*args: str, out: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `fedseal simulate ARGS [--out OUT]`; assert it succeeded and left no process behind."""
+    env, marker = _env()
+    cmd = [sys.executable, "-m", "common.cli", "simulate", *args]
+    if out is not None:
+        cmd += ["--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + _log(out)
+    assert_no_leftovers(marker)
+    return proc
+
+
+def simulate_interrupted(*args: str, out: Path, after_round: int) -> int:
+    """Start a run and send it SIGINT (Ctrl-C) as soon as `after_round` is in rounds.jsonl;
+    return its exit status."""
+    env, marker = _env()
+    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "simulate", *args, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 300
+    try:
+        while len(records.read_jsonl(out / records.ROUNDS)) < after_round and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never reached round %d" % after_round
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert_no_leftovers(marker)
+    assert proc.returncode in (0, 130), output + _log(out)
+    return proc.returncode
