@@ -57,9 +57,13 @@ def pack_high(words: np.ndarray, k: int) -> np.ndarray:
         q = (words >> np.uint32(8)).reshape(rows, 16, 4)
         a, b, c, d = q[:, :, 0], q[:, :, 1], q[:, :, 2], q[:, :, 3]
         out = np.empty((rows, 16, 3), dtype=np.uint32)
-        out[:, :, 0] = a | (b << np.uint32(24))
-        out[:, :, 1] = (b >> np.uint32(8)) | (c << np.uint32(16))
-        out[:, :, 2] = (c >> np.uint32(16)) | (d << np.uint32(8))
+        o0, o1, o2 = out[:, :, 0], out[:, :, 1], out[:, :, 2]
+        np.left_shift(b, 24, out=o0)  # in place: no temporaries of the model's size
+        o0 |= a
+        np.left_shift(c, 16, out=o1)
+        o1 |= b >> np.uint32(8)
+        np.left_shift(d, 8, out=o2)
+        o2 |= c >> np.uint32(16)
         return out.view(np.uint8).reshape(rows, -1)
     if k == 16:
         return (words >> np.uint32(16)).astype(np.uint16).view(np.uint8).reshape(rows, -1)
