@@ -20,7 +20,7 @@ from common import dp, inject, wire
 from common.data import dataset_info, load_csv, load_partition
 from common.errors import InputError
 from common.keys import ClientKeys, client_dir
-from common.models import build_model, get_arrays, set_arrays
+from common.models import array_spec, build_model, get_arrays, set_arrays
 from common.seal import SealError, receive_global, seal_update
 from common.settings import RunSettings
 from common.training import derive_seed, train as train_model
@@ -58,7 +58,7 @@ def train(msg: Message, context: Context) -> Message:
     tick = time.perf_counter()
     try:
         opened = receive_global(received, bytes(config[wire.SIGNATURE]), keys.watermark_key,
-                                keys.server_public_key, run_name, server_round, expected=get_arrays(model))
+                                keys.server_public_key, run_name, server_round, expected=array_spec(get_arrays(model)))
     except SealError as exc:
         return refuse(msg, client_id, exc.reason)
 

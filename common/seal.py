@@ -72,10 +72,6 @@ def seal_context(run_name: str, server_round: int, client_id: str) -> str:
     return f"fedseal-seal:{_name(run_name, 'run name')}:round-{server_round}:site-{_name(client_id, 'site id')}"
 
 
-def _manifest(spec_arrays: dict[str, np.ndarray]) -> str:
-    return watermark.manifest_of(spec_arrays)
-
-
 # --- a site's update ---------------------------------------------------------------------------
 
 
@@ -85,15 +81,15 @@ def seal_update(arrays: dict[str, np.ndarray], seal_key: bytes, run_id: str, ser
     return watermark.embed(arrays, seal_key, seal_context(run_id, server_round, client_id))
 
 
-def open_update(arrays: dict[str, np.ndarray], expected: dict[str, np.ndarray], seal_key: bytes, run_id: str,
+def open_update(arrays: dict[str, np.ndarray], expected: dict[str, tuple], seal_key: bytes, run_id: str,
                 server_round: int, client_id: str, *, recover: bool = False) -> Opened:
-    """Check a site's sealed weights against the model's tensor list (`expected`).
+    """Check a site's sealed weights against the model's tensor list (`expected`: name -> (shape, dtype)).
 
     Raises SealError when the seal fails, unless `recover` is set and every tampered block can
     be restored bit-exactly, in which case the restored weights come back with recovered=True.
     """
     context = seal_context(run_id, server_round, client_id)
-    manifest = _manifest(expected)
+    manifest = watermark.manifest_of_spec(expected)
     report = watermark.verify(arrays, seal_key, context, manifest=manifest)
     if report.intact:
         return Opened(arrays, recovered=False)
@@ -124,14 +120,14 @@ def publish_global(arrays: dict[str, np.ndarray], wm_key: bytes, signing_key: Ed
 
 
 def receive_global(arrays: dict[str, np.ndarray], signature: bytes, wm_key: bytes, server_key: Ed25519PublicKey,
-                   run_id: str, server_round: int, expected: dict[str, np.ndarray] | None = None) -> Opened:
+                   run_id: str, server_round: int, expected: dict[str, tuple] | None = None) -> Opened:
     """Check (and if need be recover) the global model a site received.
 
     Returns the model exactly as the server published it; raises SealError when it cannot be
     restored or its signature does not verify.
     """
     context = global_context(run_id, server_round)
-    manifest = _manifest(expected) if expected is not None else None
+    manifest = watermark.manifest_of_spec(expected) if expected is not None else None
     report = watermark.verify(arrays, wm_key, context, manifest=manifest)
     recovered = False
     if not report.intact:

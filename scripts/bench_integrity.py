@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.data import load_partition  # noqa: E402
 from common.keys import ClientKeys, ServerKeys, client_dir, init_federation, server_dir  # noqa: E402
-from common.models import get_arrays, initial_model, set_arrays  # noqa: E402
+from common.models import array_spec, get_arrays, initial_model, set_arrays  # noqa: E402
 from common.seal import open_update, publish_global, receive_global, seal_update  # noqa: E402
 from common.settings import RunSettings  # noqa: E402
 from common.training import derive_seed, train  # noqa: E402
@@ -50,6 +50,7 @@ def one_round(settings, sites, global_arrays, server_round, keys, clients, watch
     """One round; with `keys` None, the plain round (no watermark, signature or seals)."""
     model = initial_model(settings.dataset, settings.seed)
     run = "bench"
+    spec = array_spec(global_arrays)
     if keys is not None:
         published, signature = watch.time("server: watermark + sign", publish_global, global_arrays,
                                           keys.watermark_key, keys.signing_key, run, server_round)
@@ -59,7 +60,7 @@ def one_round(settings, sites, global_arrays, server_round, keys, clients, watch
         if keys is not None:
             ck = clients[cid]
             opened = watch.time("sites: verify global", receive_global, published, signature, ck.watermark_key,
-                                ck.server_public_key, run, server_round, expected=global_arrays)
+                                ck.server_public_key, run, server_round, expected=spec)
             start = opened.values()
         set_arrays(model, start)
         watch.time("sites: train", train, model, x, y, epochs=settings.local_epochs, lr=settings.lr,
@@ -67,7 +68,7 @@ def one_round(settings, sites, global_arrays, server_round, keys, clients, watch
         trained = get_arrays(model)
         if keys is not None:
             sealed = watch.time("sites: seal", seal_update, trained, ck.seal_key, run, server_round, str(cid))
-            opened = watch.time("server: check seals", open_update, sealed, global_arrays, keys.seal_key(str(cid)),
+            opened = watch.time("server: check seals", open_update, sealed, spec, keys.seal_key(str(cid)),
                                 run, server_round, str(cid))
             trained = opened.values()
         updates.append(Update(str(cid), trained, len(y)))

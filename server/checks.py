@@ -65,9 +65,8 @@ def check_sealed_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], st
         seal_key = keys.seal_key(site)
     except KeyFileError:
         return Verdict(site, reason="no seal key for this site id (unknown site)")
-    expected = {name: np.zeros(shape, dtype=dtype) for name, (shape, dtype) in spec.items()}
     try:
-        opened = open_update(verdict.update.arrays, expected, seal_key, run_name, server_round, site, recover=recover)
+        opened = open_update(verdict.update.arrays, spec, seal_key, run_name, server_round, site, recover=recover)
     except SealError as exc:
         tampered = {n: d.tampered_blocks for n, d in exc.report.tensors.items()} if exc.report else None
         return Verdict(site, reason=f"seal check failed: {exc.reason}", tampered=tampered)

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from common import inject, watermark
 from common.errors import InputError, TamperError
 from common.keys import ClientKeys, ServerKeys, client_dir, init_federation
-from common.models import get_arrays, initial_model
+from common.models import array_spec, get_arrays, initial_model
 from common.seal import (SealError, digest_arrays, global_context, open_update, publish_global, receive_global,
                          seal_context, seal_update)
 
@@ -73,7 +73,7 @@ def test_publish_receive_round_trip_is_bit_exact(fed, model):
         assert np.allclose(published[name], arr, rtol=1e-4, atol=1e-30)
     site = clients["1"]
     opened = receive_global(published, signature, site.watermark_key, site.server_public_key, RUN, 3,
-                            expected=model)
+                            expected=array_spec(model))
     assert opened.recovered is False
     assert_bit_exact(opened.arrays, published)
     assert_bit_exact(opened.values(), watermark.strip(model))
@@ -87,7 +87,7 @@ def test_tampered_global_is_recovered_bit_exactly(fed, model, seed):
     assert not all(np.array_equal(tampered[n], published[n]) for n in published)
     site = clients["2"]
     opened = receive_global(tampered, signature, site.watermark_key, site.server_public_key, RUN, 2,
-                            expected=model)
+                            expected=array_spec(model))
     assert opened.recovered is True
     assert opened.report is not None and opened.report.tampered_blocks >= 1
     assert_bit_exact(opened.arrays, published)
@@ -100,7 +100,7 @@ def test_corrupted_global_is_refused(fed, model, seed):
     corrupted = inject.corrupt_global(published, np.random.default_rng(seed))
     site = clients["0"]
     with pytest.raises(SealError) as info:
-        receive_global(corrupted, signature, site.watermark_key, site.server_public_key, RUN, 2, expected=model)
+        receive_global(corrupted, signature, site.watermark_key, site.server_public_key, RUN, 2, expected=array_spec(model))
     assert "beyond recovery" in str(info.value)
     assert info.value.report is not None and not info.value.report.recoverable
     assert isinstance(info.value, TamperError)  # the CLI maps it to exit status 1
@@ -114,7 +114,7 @@ def test_signature_by_another_key_is_refused(fed, model):
     published, signature = publish_global(model, server.watermark_key, impostor, RUN, 4)
     site = clients["0"]
     with pytest.raises(SealError) as info:
-        receive_global(published, signature, site.watermark_key, site.server_public_key, RUN, 4, expected=model)
+        receive_global(published, signature, site.watermark_key, site.server_public_key, RUN, 4, expected=array_spec(model))
     assert "signature" in str(info.value)
     assert_no_key_in(info.value, server, clients)
 
@@ -126,7 +126,7 @@ def test_signature_of_another_model_is_refused(fed, model):
     other = {n: a * np.float32(0.5) for n, a in model.items()}
     pub_other, _ = publish_global(other, server.watermark_key, server.signing_key, RUN, 3)
     with pytest.raises(SealError, match="signature"):
-        receive_global(pub_other, sig3, site.watermark_key, site.server_public_key, RUN, 3, expected=model)
+        receive_global(pub_other, sig3, site.watermark_key, site.server_public_key, RUN, 3, expected=array_spec(model))
 
 
 def test_model_of_another_round_is_refused(fed, model):
@@ -134,14 +134,14 @@ def test_model_of_another_round_is_refused(fed, model):
     site = clients["0"]
     pub3, sig3 = publish_global(model, server.watermark_key, server.signing_key, RUN, 3)
     with pytest.raises(SealError) as info:  # replayed as round 4, with its genuine signature
-        receive_global(pub3, sig3, site.watermark_key, site.server_public_key, RUN, 4, expected=model)
+        receive_global(pub3, sig3, site.watermark_key, site.server_public_key, RUN, 4, expected=array_spec(model))
     assert info.value.report.tampered_blocks == info.value.report.total_blocks
     with pytest.raises(SealError):  # and as round 3 of another run
-        receive_global(pub3, sig3, site.watermark_key, site.server_public_key, "run-8", 3, expected=model)
+        receive_global(pub3, sig3, site.watermark_key, site.server_public_key, "run-8", 3, expected=array_spec(model))
     # the round-4 signature over the round-3 model does not help either
     _, sig4 = publish_global(model, server.watermark_key, server.signing_key, RUN, 4)
     with pytest.raises(SealError):
-        receive_global(pub3, sig4, site.watermark_key, site.server_public_key, RUN, 4, expected=model)
+        receive_global(pub3, sig4, site.watermark_key, site.server_public_key, RUN, 4, expected=array_spec(model))
 
 
 def test_digest_covers_names_dtypes_shapes_and_bytes(model):
@@ -167,7 +167,7 @@ def _sealed(fed, model, cid="1", rnd=3):
 def test_intact_update_is_accepted(fed, model):
     server, _ = fed
     sealed = _sealed(fed, model)
-    opened = open_update(sealed, model, server.seal_key("1"), RUN, 3, "1")
+    opened = open_update(sealed, array_spec(model), server.seal_key("1"), RUN, 3, "1")
     assert opened.recovered is False
     assert_bit_exact(opened.arrays, sealed)
 
@@ -182,7 +182,7 @@ def test_flipped_bits_are_rejected_naming_tensors_and_blocks(fed, model, seed):
     block = int(rng.integers(model[name].size // 64))
     tampered[name].reshape(-1).view(np.uint32)[block * 64 + int(rng.integers(64))] ^= np.uint32(1 << 20)
     with pytest.raises(SealError) as info:
-        open_update(tampered, model, server.seal_key("1"), RUN, 3, "1")
+        open_update(tampered, array_spec(model), server.seal_key("1"), RUN, 3, "1")
     report = info.value.report
     assert report is not None and not report.intact and report.tampered_blocks >= 1
     assert name in report.tensors and report.tensors[name].tampered_blocks
@@ -196,7 +196,7 @@ def test_injected_tamper_update_is_detected(fed, model, seed):
     sealed = _sealed(fed, model)
     tampered = inject.flip_bits(sealed, np.random.default_rng(seed))
     with pytest.raises(SealError) as info:
-        open_update(tampered, model, server.seal_key("1"), RUN, 3, "1")
+        open_update(tampered, array_spec(model), server.seal_key("1"), RUN, 3, "1")
     assert info.value.report.tensors
 
 
@@ -204,10 +204,10 @@ def test_replayed_update_is_rejected(fed, model):
     server, clients = fed
     previous = _sealed(fed, model, rnd=2)
     with pytest.raises(SealError) as info:
-        open_update(previous, model, server.seal_key("1"), RUN, 3, "1")
+        open_update(previous, array_spec(model), server.seal_key("1"), RUN, 3, "1")
     assert "replayed" in info.value.reason
     with pytest.raises(SealError):  # recovery does not turn a replay into an accepted reply
-        open_update(previous, model, server.seal_key("1"), RUN, 3, "1", recover=True)
+        open_update(previous, array_spec(model), server.seal_key("1"), RUN, 3, "1", recover=True)
     assert_no_key_in(info.value, server, clients)
 
 
@@ -216,7 +216,7 @@ def test_forged_update_is_rejected(fed, model):
     forged = seal_update(model, secrets.token_bytes(32), RUN, 3, "1")
     for recover in (False, True):
         with pytest.raises(SealError) as info:
-            open_update(forged, model, server.seal_key("1"), RUN, 3, "1", recover=recover)
+            open_update(forged, array_spec(model), server.seal_key("1"), RUN, 3, "1", recover=recover)
         assert info.value.report.tampered_blocks == info.value.report.total_blocks
         assert_no_key_in(info.value, server, clients)
 
@@ -226,13 +226,13 @@ def test_update_claiming_another_site_is_rejected(fed, model):
     sealed = _sealed(fed, model, cid="1")
     # site 1's genuine reply presented as site 2's (checked with site 2's key and id) ...
     with pytest.raises(SealError):
-        open_update(sealed, model, server.seal_key("2"), RUN, 3, "2", recover=True)
+        open_update(sealed, array_spec(model), server.seal_key("2"), RUN, 3, "2", recover=True)
     # ... or sealed by site 1 with its own key but for site 2's id
     wrong_id = seal_update(model, clients["1"].seal_key, RUN, 3, "2")
     with pytest.raises(SealError):
-        open_update(wrong_id, model, server.seal_key("1"), RUN, 3, "1", recover=True)
+        open_update(wrong_id, array_spec(model), server.seal_key("1"), RUN, 3, "1", recover=True)
     with pytest.raises(SealError):
-        open_update(wrong_id, model, server.seal_key("2"), RUN, 3, "2", recover=True)
+        open_update(wrong_id, array_spec(model), server.seal_key("2"), RUN, 3, "2", recover=True)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -240,7 +240,7 @@ def test_small_tamper_is_recovered_bit_exactly(fed, model, seed):
     server, _ = fed
     sealed = _sealed(fed, model)
     tampered = inject.flip_bits(sealed, np.random.default_rng(seed))
-    opened = open_update(tampered, model, server.seal_key("1"), RUN, 3, "1", recover=True)
+    opened = open_update(tampered, array_spec(model), server.seal_key("1"), RUN, 3, "1", recover=True)
     assert opened.recovered is True
     assert opened.report is not None and opened.report.tampered_blocks >= 1
     assert_bit_exact(opened.arrays, sealed)
@@ -251,14 +251,14 @@ def test_tamper_beyond_the_bound_is_still_rejected_with_recover(fed, model):
     sealed = _sealed(fed, model)
     wrecked = inject.corrupt_global(sealed, np.random.default_rng(0))  # half of all blocks overwritten
     with pytest.raises(SealError) as info:
-        open_update(wrecked, model, server.seal_key("1"), RUN, 3, "1", recover=True)
+        open_update(wrecked, array_spec(model), server.seal_key("1"), RUN, 3, "1", recover=True)
     assert info.value.report.tampered_blocks >= info.value.report.total_blocks // 3
 
 
 def test_values_clear_exactly_the_eight_low_bits(fed, model):
     server, _ = fed
     sealed = _sealed(fed, model)
-    opened = open_update(sealed, model, server.seal_key("1"), RUN, 3, "1")
+    opened = open_update(sealed, array_spec(model), server.seal_key("1"), RUN, 3, "1")
     values = opened.values()
     for name, arr in sealed.items():
         words, cleared = arr.reshape(-1).view(np.uint32), values[name].reshape(-1).view(np.uint32)

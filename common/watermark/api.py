@@ -59,16 +59,21 @@ def _check_key(key: bytes) -> bytes:
 
 def specs_of(state: dict[str, np.ndarray]) -> list[TensorSpec]:
     """The manifest entries of a state dict, in canonical (sorted) order."""
-    specs = []
-    for name in sorted(state):
-        arr = np.asarray(state[name])
-        specs.append(TensorSpec(name, arr.dtype.name, tuple(int(x) for x in arr.shape)))
-    return specs
+    return _specs({name: (np.shape(arr), np.asarray(arr).dtype) for name, arr in state.items()})
+
+
+def _specs(spec: dict[str, tuple]) -> list[TensorSpec]:
+    return [TensorSpec(n, np.dtype(spec[n][1]).name, tuple(int(x) for x in spec[n][0])) for n in sorted(spec)]
 
 
 def manifest_of(state: dict[str, np.ndarray], k: int = DEFAULT_K) -> str:
     """The manifest a watermarked file keeps beside its tensors (JSON text, not secret)."""
     return layout_mod.manifest_to_json(specs_of(state), k)
+
+
+def manifest_of_spec(spec: dict[str, tuple], k: int = DEFAULT_K) -> str:
+    """manifest_of for a tensor list given as {name: (shape, dtype)}, without the tensors."""
+    return layout_mod.manifest_to_json(_specs(spec), k)
 
 
 @functools.lru_cache(maxsize=8)
