@@ -3,6 +3,9 @@
 Safe recipes on top of the watermark and the keys: callers never assemble a tag by hand.
 - `seal_update` / `open_update`: a site's trained weights carry its own fragile watermark
   (its seal key, bound to run, round and site); the server checks exactly what it received.
+- `seal_chunks` / `check_chunks`: payloads that must not be altered at all (ciphertexts, masked
+  vectors) carry one keyed tag per chunk in a separate record, bound to run, round, site, the
+  payload kind, the chunk's index and the chunk count; the server checks them before use.
 - `publish_global` / `receive_global`: the server watermarks the global model (K_wm, bound to
   run and round) and signs its digest; a site verifies both, recovering the model bit-exactly
   when tampering is under the bound, refusing it otherwise.
@@ -11,6 +14,8 @@ Safe recipes on top of the watermark and the keys: callers never assemble a tag 
 from __future__ import annotations
 
 import hashlib
+import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common import watermark
 from common.errors import InputError, TamperError
-from common.keys import sign_digest, verify_digest
+from common.keys import derive_round_key, sign_digest, verify_digest
 
 
 class SealError(TamperError):
@@ -107,6 +112,43 @@ def _describe(report: watermark.WatermarkReport) -> str:
     parts = [f"{report.tampered_blocks} of {report.total_blocks} blocks fail the check"]
     parts += report.problems
     return "; ".join(parts)
+
+
+# --- chunked payloads (ciphertexts, masked vectors) ----------------------------------------------
+
+CHUNK_TAG_BYTES = 32
+
+
+def _chunk_tags(chunks: Sequence[bytes], seal_key: bytes, run_id: str, server_round: int, client_id: str,
+                kind: str) -> list[bytes]:
+    key = derive_round_key(seal_key, _name(run_id, "run name"), server_round, _name(client_id, "site id"),
+                           f"chunk-seal:{kind}")
+    count = len(chunks).to_bytes(8, "big")
+    return [hmac.digest(key, index.to_bytes(8, "big") + count + bytes(chunk), "sha256")
+            for index, chunk in enumerate(chunks)]
+
+
+def seal_chunks(chunks: Sequence[bytes], seal_key: bytes, run_id: str, server_round: int, client_id: str,
+                kind: str) -> list[bytes]:
+    """One HMAC-SHA256 tag per chunk (key derived from the site's seal key for this run, round,
+    site and payload `kind`; the chunk's index and the chunk count are bound in)."""
+    return _chunk_tags(chunks, seal_key, run_id, server_round, client_id, kind)
+
+
+def check_chunks(chunks: Sequence[bytes], tags: Sequence[bytes], seal_key: bytes, run_id: str, server_round: int,
+                 client_id: str, kind: str) -> None:
+    """Raise SealError naming the failing chunks unless every chunk carries its valid tag."""
+    if len(tags) != len(chunks):
+        raise SealError(f"{len(tags)} seal tags for {len(chunks)} chunks")
+    expected = _chunk_tags(chunks, seal_key, run_id, server_round, client_id, kind)
+    bad = [i for i, (tag, good) in enumerate(zip(tags, expected))
+           if not hmac.compare_digest(bytes(tag), good)]
+    if len(bad) == len(chunks):
+        raise SealError(f"no chunk verifies for this site, round and run (wrong key, replayed or forged; "
+                        f"{len(chunks)} chunks)")
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise SealError(f"{len(bad)} of {len(chunks)} chunks fail the seal (chunk {shown})")
 
 
 # --- the global model --------------------------------------------------------------------------

@@ -3,13 +3,14 @@ the sites' sealed replies (DESIGN.md §2.2-§2.3, §4). No Flower."""
 
 from __future__ import annotations
 
+import os
 import secrets
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common import inject, watermark
+from common import inject, seal, watermark
 from common.errors import InputError, TamperError
 from common.keys import ClientKeys, ServerKeys, client_dir, init_federation
 from common.models import array_spec, get_arrays, initial_model
@@ -285,3 +286,42 @@ def test_contexts_are_distinct_per_run_round_and_site():
                 seal_context("r", 1, "0"), seal_context("r", 1, "1"), seal_context("r", 2, "0"),
                 seal_context("s", 1, "0")}
     assert len(contexts) == 7
+
+
+# --- chunk seals (ciphertexts, masked vectors) ---------------------------------------------------
+
+def _chunks():
+    return [bytes([i]) * 100 for i in range(5)]
+
+
+def test_chunk_seals_accept_exact_bytes_and_name_a_flipped_chunk():
+    key = os.urandom(32)
+    chunks = _chunks()
+    tags = seal.seal_chunks(chunks, key, "run", 3, "2", "he")
+    seal.check_chunks(chunks, tags, key, "run", 3, "2", "he")
+    bad = list(chunks)
+    bad[3] = bytes([bad[3][0] ^ 1]) + bad[3][1:]
+    with pytest.raises(seal.SealError, match=r"1 of 5 chunks fail the seal \(chunk 3\)"):
+        seal.check_chunks(bad, tags, key, "run", 3, "2", "he")
+
+
+@pytest.mark.parametrize("change", ["round", "site", "kind", "key", "order", "truncated"])
+def test_chunk_seals_bind_round_site_kind_key_and_position(change):
+    key = os.urandom(32)
+    chunks = _chunks()
+    tags = seal.seal_chunks(chunks, key, "run", 3, "2", "he")
+    args = dict(chunks=chunks, tags=tags, seal_key=key, run_id="run", server_round=3, client_id="2", kind="he")
+    if change == "round":
+        args["server_round"] = 4
+    elif change == "site":
+        args["client_id"] = "1"
+    elif change == "kind":
+        args["kind"] = "masked"
+    elif change == "key":
+        args["seal_key"] = os.urandom(32)
+    elif change == "order":
+        args["chunks"], args["tags"] = chunks[::-1], tags[::-1]
+    else:
+        args["chunks"], args["tags"] = chunks[:4], tags[:4]
+    with pytest.raises(seal.SealError):
+        seal.check_chunks(**args)
