@@ -169,10 +169,14 @@ class _Ctx:
     decryptor: sealapi.Decryptor | None
 
     @property
+    def modulus(self) -> int:
+        """The coefficient modulus q (one prime)."""
+        return int(self.seal.first_context_data().parms().coeff_modulus()[0].value())
+
+    @property
     def capacity(self) -> float:
         """Largest |sum| that decodes without wrapping around (with a factor-2 margin)."""
-        q = self.seal.first_context_data().parms().coeff_modulus()[0].value()
-        return q / 4 / self.scale
+        return self.modulus / 4 / self.scale
 
     @property
     def site_limit(self) -> float:
@@ -263,27 +267,115 @@ def _load_ciphertext(ctx: _Ctx, data: bytes, path: str, where: str) -> sealapi.C
     return ct
 
 
+class Sum:
+    """Server side: the homomorphic sum of the sites' ciphertexts, one site at a time.
+
+    `add_site` loads and checks every chunk of a site before touching the sum, so a malformed
+    upload (other parameters, truncated, wrong count) raises HEError and leaves the sum as it was.
+    """
+
+    def __init__(self, public_ctx: bytes, count: int) -> None:
+        if count < 1:
+            raise HEError(f"a sum needs at least one ciphertext per site, expected >= 1, got {count}")
+        self._ctx = _load(bytes(public_ctx))
+        self.count = count
+        self.sites = 0
+        self._acc: list[sealapi.Ciphertext] = []
+
+    def add_site(self, chunks: list[bytes], where: str = "site") -> None:
+        """Add one site's ciphertexts; HEError (naming `where` and the chunk) if any is invalid."""
+        ctx = self._ctx
+        if self.sites >= ctx.max_sites:
+            raise HEError(f"{where}: more than this context's max_sites={ctx.max_sites} sites")
+        if not isinstance(chunks, (list, tuple)) or len(chunks) != self.count:
+            got = len(chunks) if isinstance(chunks, (list, tuple)) else type(chunks).__name__
+            raise HEError(f"{where} sent {got} ciphertexts, expected {self.count}")
+        with _scratch() as path:
+            loaded = [_load_ciphertext(ctx, data, path, f"{where} chunk {c}") for c, data in enumerate(chunks)]
+        if not self._acc:
+            self._acc = loaded
+        else:
+            for acc, ct in zip(self._acc, loaded):
+                ctx.evaluator.add_inplace(acc, ct)
+        self.sites += 1
+
+    def _require_sites(self) -> None:
+        if not self.sites:
+            raise HEError("the sum holds no site yet")
+
+    def ciphertexts(self) -> list[bytes]:
+        """The summed ciphertexts, serialized."""
+        self._require_sites()
+        with _scratch() as path:
+            return [_save(ct, path) for ct in self._acc]
+
+    def blinded(self) -> tuple[list[bytes], np.ndarray]:
+        """The sum plus a fresh random mask, uniform modulo q on every plaintext coefficient, and
+        that mask (uint64, one row per chunk). Whoever decrypts the blinded sum learns nothing
+        about the sum; `unblind` removes the mask from the decrypted coefficients."""
+        self._require_sites()
+        ctx = self._ctx
+        mask = _uniform_mod(ctx.modulus, (self.count, POLY_MODULUS_DEGREE))
+        out = []
+        with _scratch() as path:
+            for acc, row in zip(self._acc, mask):
+                blinded = sealapi.Ciphertext()
+                ctx.evaluator.add_plain(acc, _plaintext(ctx, row, path), blinded)
+                out.append(_save(blinded, path))
+        return out, mask
+
+
+def _uniform_mod(q: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform integers in [0, q) from the OS's CSPRNG (rejection sampling: no modulo bias)."""
+    size = int(np.prod(shape))
+    limit = (2**64 // q) * q
+    out = np.empty(0, dtype=np.uint64)
+    while out.size < size:
+        draw = np.frombuffer(os.urandom(8 * (size - out.size + 64)), dtype=np.uint64)
+        out = np.concatenate([out, draw[draw < np.uint64(limit)] % np.uint64(q)])
+    return out[:size].reshape(shape)
+
+
+@functools.cache
+def _seal_version() -> bytes:
+    """SEAL's serialization version bytes (major, minor), read from an object SEAL saved."""
+    with _scratch() as path:
+        header = _save(sealapi.Plaintext(), path)[:16]
+    return header[3:5]
+
+
+def _serial_header(size: int) -> bytes:
+    """A SEAL serialization header: magic, header size, version, no compression, total size."""
+    return struct.pack("<HB", 0xA15E, 16) + _seal_version() + struct.pack("<BHQ", 0, 0, size)
+
+
+def _plaintext(ctx: _Ctx, coeffs: np.ndarray, path: str) -> sealapi.Plaintext:
+    """A CKKS plaintext (NTT form, this context's parms_id and scale) holding `coeffs` (uint64 < q).
+
+    sealapi offers no way to set coefficients, so the plaintext is written in SEAL's own
+    uncompressed serialization and loaded back; SEAL checks every coefficient is below q."""
+    coeffs = np.ascontiguousarray(coeffs, dtype="<u8")
+    data = struct.pack("<Q", coeffs.size) + coeffs.tobytes()
+    body = (struct.pack("<4Q", *ctx.parms_id) + struct.pack("<Qd", coeffs.size, ctx.scale)
+            + _serial_header(16 + len(data)) + data)
+    _put(_serial_header(16 + len(body)) + body, path)
+    plain = sealapi.Plaintext()
+    try:
+        plain.load(ctx.seal, path)
+    except Exception as exc:
+        raise HEError(f"invalid plaintext coefficients for this HE context ({exc})") from exc
+    return plain
+
+
 def add(ciphertexts_per_site: list[list[bytes]], public_ctx: bytes) -> list[bytes]:
     """Server side: the homomorphic sum, chunk by chunk, of every site's ciphertexts."""
-    ctx = _load(bytes(public_ctx))
     sites = list(ciphertexts_per_site)
     if not sites:
         raise HEError("add needs at least one site")
-    if len(sites) > ctx.max_sites:
-        raise HEError(f"{len(sites)} sites exceed this context's max_sites={ctx.max_sites}")
-    count = len(sites[0])
+    total = Sum(public_ctx, len(sites[0]) if isinstance(sites[0], (list, tuple)) else 0)
     for i, site in enumerate(sites):
-        if len(site) != count or count == 0:
-            raise HEError(f"site {i} sent {len(site)} ciphertexts, expected {count} (site 0) and > 0")
-    evaluator = ctx.evaluator
-    out = []
-    with _scratch() as path:
-        for c in range(count):
-            acc = _load_ciphertext(ctx, sites[0][c], path, f"site 0 chunk {c}")
-            for i in range(1, len(sites)):
-                evaluator.add_inplace(acc, _load_ciphertext(ctx, sites[i][c], path, f"site {i} chunk {c}"))
-            out.append(_save(acc, path))
-    return out
+        total.add_site(site, f"site {i}")
+    return total.ciphertexts()
 
 
 def decrypt(summed: list[bytes], secret_ctx: bytes, length: int) -> np.ndarray:
@@ -299,6 +391,43 @@ def decrypt(summed: list[bytes], secret_ctx: bytes, length: int) -> np.ndarray:
         for c, data in enumerate(summed):
             decryptor.decrypt(_load_ciphertext(ctx, data, path, f"sum chunk {c}"), plain)
             z = np.asarray(encoder.decode_complex(plain))
+            out[c * CHUNK:(c + 1) * CHUNK:2] = z.real
+            out[c * CHUNK + 1:(c + 1) * CHUNK:2] = z.imag
+    return out[:length]
+
+
+def decrypt_raw(blinded: list[bytes], secret_ctx: bytes, count: int) -> np.ndarray:
+    """Site side: the plaintext coefficients (uint64, one row of N per chunk) of `count` blinded
+    ciphertexts, not decoded: they look uniformly random to the site; the server unblinds them."""
+    ctx = _secret(secret_ctx)
+    if not isinstance(blinded, (list, tuple)) or len(blinded) != count:
+        raise HEError(f"decryption request holds {len(blinded) if isinstance(blinded, (list, tuple)) else 0} "
+                      f"ciphertexts, expected {count}")
+    plain = sealapi.Plaintext()
+    out = np.empty((count, POLY_MODULUS_DEGREE), dtype=np.uint64)
+    with _scratch() as path:
+        for c, data in enumerate(blinded):
+            ctx.decryptor.decrypt(_load_ciphertext(ctx, data, path, f"blinded chunk {c}"), plain)
+            out[c] = [plain.data(i) for i in range(POLY_MODULUS_DEGREE)]
+    return out
+
+
+def unblind(raw: np.ndarray, mask: np.ndarray, public_ctx: bytes, length: int) -> np.ndarray:
+    """Server side: the float64 sum (first `length` reals) from the decrypted coefficients of the
+    blinded sum and the mask `Sum.blinded` returned."""
+    ctx = _load(bytes(public_ctx))
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint64 or raw.shape != mask.shape or length < 1 or raw.shape[0] != n_chunks(length):
+        raise HEError(f"decrypted coefficients of shape {raw.shape} ({raw.dtype}) do not match the "
+                      f"blinded sum {mask.shape} of {length} values")
+    q = np.uint64(ctx.modulus)
+    if np.any(raw >= q):
+        raise HEError("decrypted coefficients out of range (not below the modulus)")
+    coeffs = np.where(raw >= mask, raw - mask, raw + (q - mask))
+    out = np.empty(raw.shape[0] * CHUNK)
+    with _scratch() as path:
+        for c, row in enumerate(coeffs):
+            z = np.asarray(ctx.encoder.decode_complex(_plaintext(ctx, row, path)))
             out[c * CHUNK:(c + 1) * CHUNK:2] = z.real
             out[c * CHUNK + 1:(c + 1) * CHUNK:2] = z.imag
     return out[:length]

@@ -166,3 +166,42 @@ def test_range_limits(keys):
     top = he.encrypt(np.array([1.0, -1.0], np.float32), ctx.site_limit, secret)
     total = he.decrypt(he.add([top] * ctx.max_sites, public), secret, 2)
     assert np.allclose(total, [ctx.capacity, -ctx.capacity], rtol=1e-9)
+
+
+def test_blinded_sum_decrypts_to_noise_and_unblinds_to_the_sum(keys):
+    """The decrypting site sees uniformly random coefficients; the server recovers the sum."""
+    secret, public = keys
+    rng = np.random.default_rng(7)
+    length = he.CHUNK + 77
+    updates = [rng.normal(0, 0.02, length).astype(np.float32) for _ in range(3)]
+    total = he.Sum(public, he.n_chunks(length))
+    for u in updates:
+        total.add_site(he.encrypt(u, 50.0, secret))
+    blinded, mask = total.blinded()
+    raw = he.decrypt_raw(blinded, secret, len(blinded))
+    plain_raw = he.decrypt_raw(total.ciphertexts(), secret, len(blinded))
+    assert not np.array_equal(raw, plain_raw)
+    q = he._load(public).modulus
+    assert raw.mean() / q == pytest.approx(0.5, abs=0.01)  # uniform mod q, unlike the sum's own coefficients
+    out = he.unblind(raw, mask, public, length)
+    expected = sum(u.astype(np.float64) * 50.0 for u in updates)
+    assert np.max(np.abs(out - expected)) < 1e-5
+    with pytest.raises(InputError, match="do not match"):
+        he.unblind(raw[:1], mask, public, length)
+    with pytest.raises(InputError, match="out of range"):
+        he.unblind(np.full_like(raw, q), mask, public, length)
+
+
+def test_sum_skips_a_bad_site_and_keeps_the_rest(keys, other_keys):
+    secret, public = keys
+    x = np.linspace(-1, 1, 9).astype(np.float32)
+    total = he.Sum(public, 1)
+    total.add_site(he.encrypt(x, 1.0, secret))
+    with pytest.raises(InputError, match="site 1 chunk 0"):
+        total.add_site(he.encrypt(x, 1.0, other_keys[0]), "site 1")
+    with pytest.raises(InputError, match="expected 1"):
+        total.add_site([], "site 2")
+    total.add_site(he.encrypt(x, 2.0, secret))
+    assert total.sites == 2
+    out = he.decrypt(total.ciphertexts(), secret, 9)
+    assert np.max(np.abs(out - 3.0 * x)) < 1e-6
