@@ -15,10 +15,13 @@ Make fresh keys for a federation of N sites under DIR:
     signing.key          server Ed25519 signing key (never leaves the server)
     signing.pub          its public key
     seals/<id>.key       one seal key per site
+    he-public.ctx        CKKS parameters without any key (secure-mode he)
   DIR/clients/<id>/      copy to site <id> only (ids 0..N-1)
     watermark.key        the same K_wm
     server-signing.pub   the server's public key (to check signed models)
     seal.key             this site's seal key (shared with the server only)
+    he-secret.ctx        the federation's CKKS secret key (sites only; never
+                         copy it to the server)
 
 Every file is written with mode 0600 and every folder 0700; copy them with
 their permissions kept (e.g. scp -p, rsync -p) over a channel you trust.

@@ -216,6 +216,11 @@ def _secret(ctx_bytes: bytes) -> _Ctx:
     return ctx
 
 
+def check_secret(secret_ctx: bytes) -> None:
+    """Raise HEError unless these are well-formed FedSeal HE context bytes holding the secret key."""
+    _secret(secret_ctx)
+
+
 def n_chunks(length: int) -> int:
     """Ciphertexts needed for a vector of `length` reals."""
     return max(1, math.ceil(length / CHUNK))

@@ -9,6 +9,8 @@ Layout written by `init_federation(DIR, N)` (DESIGN.md §5); every file 0600, ev
     DIR/clients/<id>/watermark.key    the same K_wm
     DIR/clients/<id>/server-signing.pub   the server's public key only
     DIR/clients/<id>/seal.key         that site's seal key only
+    DIR/server/he-public.ctx          CKKS parameters without any key (secure-mode he)
+    DIR/clients/<id>/he-secret.ctx    CKKS parameters + the federation's CKKS secret key (sites only)
 
 Site ids are "0".."N-1" (the simulation's partition ids). Only `cryptography` and the standard
 library; key bytes never appear in a message, a repr or a log.
@@ -40,6 +42,8 @@ SIGNING_KEY = "signing.key"
 SIGNING_PUB = "signing.pub"
 SERVER_SIGNING_PUB = "server-signing.pub"
 SEAL_KEY = "seal.key"
+HE_PUBLIC = "he-public.ctx"
+HE_SECRET = "he-secret.ctx"
 
 _MAX_KEY_FILE = 64 * 1024
 _CONTEXT_TAG = b"fedseal/context/v1"
@@ -100,13 +104,25 @@ def _is_nonempty(path: Path) -> bool:
     return any(path.iterdir())
 
 
+def write_he_contexts(server: Path, clients: Sequence[Path]) -> None:
+    """Write a fresh CKKS secret context to every site folder and its public context (no key) to
+    the server folder (common/he.py)."""
+    from common import he  # SEAL is loaded only when keys are made or used
+
+    secret, public = he.make_keys()
+    he.assert_no_secret(public)
+    write_private(server / HE_PUBLIC, public)
+    for folder in clients:
+        write_private(folder / HE_SECRET, secret)
+
+
 def init_federation(
-    root: str | os.PathLike, clients: int, *, he_context_writer: HeContextWriter | None = None
+    root: str | os.PathLike, clients: int, *, he_context_writer: HeContextWriter | None = write_he_contexts
 ) -> FederationDirs:
     """Make a fresh federation's keys under `root` (layout in the module docstring).
 
-    `he_context_writer(server_dir, client_dirs)`, if given, is called before anything is moved
-    into place, to add HE context files (use `write_private`); the server's copy must not hold
+    `he_context_writer(server_dir, client_dirs)` (default `write_he_contexts`) is called before
+    anything is moved into place, to add the HE context files; the server's copy must not hold
     the CKKS secret key. Everything is built in a hidden `root/.tmp-keys-*` folder and renamed
     into place, sites first and the server folder last, so a federation whose `server/` folder
     exists is complete. Raises InputError if `clients < 1` or `root/server` or `root/clients`
@@ -252,6 +268,7 @@ class ServerKeys:
     signing_key: Ed25519PrivateKey
     public_key: Ed25519PublicKey
     seal_keys: dict[str, bytes]
+    folder: Path
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> ServerKeys:
@@ -267,7 +284,7 @@ class ServerKeys:
         seal_keys = {p.stem: load_secret(p) for p in sorted(seals.glob("*.key"))}
         if not seal_keys:
             raise KeyFileError(f"{seals}: holds no seal keys (<site-id>.key)")
-        return cls(load_secret(folder / WATERMARK_KEY), signing_key, public_key, seal_keys)
+        return cls(load_secret(folder / WATERMARK_KEY), signing_key, public_key, seal_keys, folder)
 
     def seal_key(self, client_id: str) -> bytes:
         """The seal key shared with site `client_id`; KeyFileError if the site is unknown."""
@@ -275,6 +292,10 @@ class ServerKeys:
             return self.seal_keys[str(client_id)]
         except KeyError:
             raise KeyFileError(f"no seal key for site {str(client_id)!r} in the server's keys") from None
+
+    def he_public_context(self) -> bytes:
+        """The CKKS public context (secure-mode he); KeyFileError if missing or holding a secret key."""
+        return _load_he_context(self.folder / HE_PUBLIC, public=True)
 
     def __repr__(self) -> str:
         return f"ServerKeys(sites={len(self.seal_keys)}, secrets hidden)"
@@ -288,6 +309,7 @@ class ClientKeys:
     watermark_key: bytes
     server_public_key: Ed25519PublicKey
     seal_key: bytes
+    folder: Path
 
     @classmethod
     def load(cls, folder: str | os.PathLike, client_id: str | None = None) -> ClientKeys:
@@ -298,10 +320,29 @@ class ClientKeys:
             load_secret(folder / WATERMARK_KEY),
             load_public_key(folder / SERVER_SIGNING_PUB),
             load_secret(folder / SEAL_KEY),
+            folder,
         )
+
+    def he_secret_context(self) -> bytes:
+        """The federation's CKKS secret context (secure-mode he); KeyFileError if missing or bad."""
+        return _load_he_context(self.folder / HE_SECRET, public=False)
 
     def __repr__(self) -> str:
         return f"ClientKeys(client_id={self.client_id!r}, secrets hidden)"
+
+
+def _load_he_context(path: Path, *, public: bool) -> bytes:
+    from common import he
+
+    data = _read_private(path, "CKKS public context" if public else "CKKS secret context")
+    try:
+        if public:
+            he.assert_no_secret(data)
+        else:
+            he.check_secret(data)
+    except he.HEError as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
+    return data
 
 
 # --- contexts and round keys ------------------------------------------------------------------

@@ -50,13 +50,13 @@ def test_layout_and_modes(tmp_path: Path) -> None:
     assert written.clients == tuple(root / "clients" / c for c in ("0", "1", "2"))
     server = root / "server"
     assert sorted(p.relative_to(server).as_posix() for p in server.rglob("*")) == [
-        "seals", "seals/0.key", "seals/1.key", "seals/2.key",
+        "he-public.ctx", "seals", "seals/0.key", "seals/1.key", "seals/2.key",
         "signing.key", "signing.pub", "watermark.key",
     ]  # fmt: skip
     for cid in "012":
         folder = root / "clients" / cid
         assert sorted(p.name for p in folder.iterdir()) == [
-            "seal.key", "server-signing.pub", "watermark.key",
+            "he-secret.ctx", "seal.key", "server-signing.pub", "watermark.key",
         ]  # fmt: skip
     for path in [*root.joinpath("server").rglob("*"), *root.joinpath("clients").rglob("*")]:
         assert _mode(path) == (0o700 if path.is_dir() else 0o600), path
@@ -361,3 +361,22 @@ def test_cli_help_says_what_goes_where(cli_main, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     for words in ("server machine", "copy to site", "0600", "--sites", "server-signing.pub"):
         assert words in out
+
+
+def test_he_contexts_secret_at_sites_public_at_server(tmp_path: Path) -> None:
+    from common import he
+
+    keys.init_federation(tmp_path, 2)
+    server = keys.ServerKeys.load(tmp_path / "server")
+    public = server.he_public_context()
+    he.assert_no_secret(public)
+    secrets_ = [keys.ClientKeys.load(keys.client_dir(tmp_path, cid)).he_secret_context() for cid in ("0", "1")]
+    assert secrets_[0] == secrets_[1]
+    he.check_secret(secrets_[0])
+    assert not (tmp_path / "server" / keys.HE_SECRET).exists()
+    # A server folder given the secret context is refused, never used.
+    path = tmp_path / "server" / keys.HE_PUBLIC
+    path.chmod(0o600)
+    path.write_bytes(secrets_[0])
+    with pytest.raises(KeyFileError, match="holds the secret key"):
+        server.he_public_context()
