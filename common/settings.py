@@ -16,7 +16,7 @@ from common.dp import DpSpec, parse_dp
 from common.errors import InputError
 from common.inject import Injection, parse as parse_injections
 
-SECURE_MODES = ("none",)  # "masked" and "he" join later
+SECURE_MODES = ("none",)  # "he" and "masked" join as they land
 
 # run-config key -> RunSettings attribute
 RUN_CONFIG_KEYS = {
@@ -36,6 +36,7 @@ RUN_CONFIG_KEYS = {
     "keys-dir": "keys_dir",
     "resume": "resume",
     "dp": "dp",
+    "round-timeout": "round_timeout",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -54,7 +55,8 @@ class RunSettings:
         batch_size (int, 32): local minibatch size, >= 1.
         partition (str, "iid"): "iid" or "dirichlet:ALPHA" (simulation only).
         seed (int, 0): seeds the initial model, the partition and every local step.
-        secure_mode (str, "none"): how sites return updates; only "none" so far.
+        secure_mode (str, "none"): how sites return updates: "none" (sealed weights; the server
+            sees each site's update) or a secure mode in SECURE_MODES (the server sees only the sum).
         min_clients (int, 2): sites the server waits for, and the fewest accepted replies
             that update the model in a round, >= 1.
         out_dir (str, ""): run folder; "" means runs/<timestamp> under the server's cwd.
@@ -69,6 +71,8 @@ class RunSettings:
         resume (bool, False): continue the run in out_dir after its last completed round.
         dp (str, ""): differential privacy, "" = off; "sample:EPS,DELTA[,CLIP]" (DP-SGD at each
             site) or "client:NOISE,CLIP[,DELTA]" (clipped updates, server noise); common/dp.py.
+        round_timeout (int, 300): seconds the server waits for the sites' replies at each step of
+            a round; sites that do not answer in time are left out of that round.
     """
 
     dataset: str = "breast-cancer"
@@ -87,6 +91,7 @@ class RunSettings:
     keys_dir: str = ""
     resume: bool = False
     dp: str = ""
+    round_timeout: int = 300
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -112,10 +117,25 @@ class RunSettings:
             raise InputError(f"keys-dir must be a string, got {self.keys_dir!r}")
         if not isinstance(self.resume, bool):
             raise InputError(f"resume must be true or false, got {self.resume!r}")
+        _require_int(self.round_timeout, "round-timeout", 1)
         dp = parse_dp(self.dp)
+        if self.secure_mode != "none":
+            self._check_secure_mode(dp)
         if dp is not None and dp.kind == "client" and self.aggregator != "fedavg":
             raise InputError(f"dp {self.dp!r}: client-level DP averages the clipped updates; it needs "
                              f"aggregator fedavg, not {self.aggregator!r}")
+
+    def _check_secure_mode(self, dp: DpSpec | None) -> None:
+        """In a secure mode the server sees only the sum of the updates."""
+        if self.aggregator != "fedavg":
+            raise InputError(f"aggregator {self.aggregator!r} needs each site's update; secure-mode "
+                             f"{self.secure_mode!r} gives the server only their sum: use fedavg")
+        if self.on_tamper != "reject":
+            raise InputError(f"on-tamper recover restores watermarked weights (secure-mode none); a "
+                             f"{self.secure_mode!r} payload that fails its seal can only be rejected")
+        if dp is not None and dp.kind == "client":
+            raise InputError(f"dp {self.dp!r}: client-level DP re-clips each update on the server, which "
+                             f"secure-mode {self.secure_mode!r} hides; use dp sample:EPS,DELTA (DP-SGD at each site)")
 
     @property
     def injections(self) -> tuple[Injection, ...]:

@@ -17,6 +17,7 @@ DP_BUDGET_SPENT = "dp-budget-spent"  # CONFIG (reply): 1 when the site refuses b
 SERVER_ROUND = "server-round"  # CONFIG: the round number (1-based)
 RUN_NAME = "run-name"  # CONFIG: the run's name, bound into every watermark and seal context
 SIGNATURE = "signature"  # CONFIG: the server's Ed25519 signature over the global model's digest
+SECURE_MODE = "secure-mode"  # CONFIG: the run's secure mode (what payload the site builds)
 SIM_KEYS_DIR = "sim-keys-dir"  # CONFIG: simulation only: where the run made its keys
 CLIENT_ID = "client-id"  # CONFIG (reply) and node config: the site's id (its seal key's name)
 REFUSED = "refused"  # CONFIG (reply): why the site refused the global model

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from logging import INFO, WARNING
+from logging import INFO
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from common import wire
+from common import watermark, wire
 from common.data import load_split
 from common.dp import check_model
 from common.models import array_spec, get_arrays, initial_model, set_arrays
@@ -27,11 +27,13 @@ from common.seal import global_context, publish_global
 from common.settings import RunSettings
 from common.stages import StageClock
 from common.training import EvalResult, centralized_reference, evaluate
-from server.aggregation import Update, aggregate
-from server.checks import check_sealed_reply, payload_bytes
-from server.dp import client_dp_aggregate, refusal_event, reported_epsilon, round_epsilon, summary_fields
+from server import mode_none
+from server.dp import round_epsilon, summary_fields
+from server.rounds import RoundContext
 
 app = ServerApp()
+
+MODES = {"none": mode_none.run_round}  # secure mode -> its round (server/rounds.py)
 
 NODE_WAIT_LOG_SECONDS = 10
 
@@ -70,81 +72,32 @@ def main(grid: Grid, context: Context) -> None:
                                               server_round)
         recorder.save_published(published, server_round, global_context(run_name, server_round), signature)
 
-        # 2. Send train messages to every site and wait for the replies.
-        record = to_record(published)
-        config = {wire.SERVER_ROUND: server_round, wire.RUN_NAME: run_name, wire.SIGNATURE: signature}
+        # 2-4. The mode's round: send, check every payload, aggregate what was accepted.
+        config = {wire.SERVER_ROUND: server_round, wire.RUN_NAME: run_name, wire.SIGNATURE: signature,
+                  wire.SECURE_MODE: settings.secure_mode}
         if not settings.keys_dir:
             config[wire.SIM_KEYS_DIR] = str(keys_root)
-        messages = [train_message(record, config, node_id, server_round) for node_id in node_ids]
-        clock.start("train", timed=False)  # the sites verify, train and seal; they report their seconds
-        replies = list(grid.send_and_receive(messages))
-        clock.add_sites(r.content[wire.METRICS] for r in replies if not r.has_error() and wire.METRICS in r.content)
-        clock.start("check")
-        bytes_down = payload_bytes(record) * len(messages)
-        bytes_up = sum(payload_bytes(r.content[wire.ARRAYS]) for r in replies
-                       if not r.has_error() and isinstance(r.content.get(wire.ARRAYS), ArrayRecord))
-
-        # 3. Check every reply's structure and seal before it touches the aggregate.
-        accepted: list[Update] = []
-        rejected: list[str] = []
-        recovered: list[dict] = []
-        epsilon: dict[str, float] = {}  # --dp sample: site -> the epsilon it reports
-        for reply in replies:
-            verdict = check_sealed_reply(reply, spec, keys, run_name, server_round,
-                                         recover=settings.on_tamper == "recover")
-            if verdict.refused:
-                if (event := refusal_event(reply)) == "dp_budget_spent" and (eps := reported_epsilon(reply)) is not None:
-                    epsilon[verdict.site] = eps
-                recorder.audit(event, round=server_round, client=verdict.site, reason=verdict.reason)
-                log(WARNING, "Round %d: site %s refused the global model: %s", server_round, verdict.site,
-                    verdict.reason)
-                continue
-            if not verdict.accepted:
-                rejected.append(verdict.site)
-                recorder.audit("update_rejected", round=server_round, client=verdict.site, reason=verdict.reason,
-                               tampered=verdict.tampered)
-                log(WARNING, "Round %d: rejected site %s: %s", server_round, verdict.site, verdict.reason)
-                continue
-            accepted.append(verdict.update)
-            if (eps := reported_epsilon(reply)) is not None:
-                epsilon[verdict.site] = eps
-            if verdict.global_recovered:
-                recovered.append({"client": verdict.site, "what": "global-model"})
-                recorder.audit("global_recovered", round=server_round, client=verdict.site)
-            if verdict.update_recovered:
-                recovered.append({"client": verdict.site, "what": "update"})
-                recorder.audit("update_recovered", round=server_round, client=verdict.site,
-                               tampered=verdict.tampered)
-        missing = len(messages) - len(replies)
-        if missing:
-            recorder.audit("replies_missing", round=server_round, count=missing)
-
-        # 4. Aggregate the accepted payloads; too few: skip the round, keep the model.
-        clock.start("aggregate")
-        if len(accepted) >= settings.min_clients:
-            global_arrays = (client_dp_aggregate(dp_spec, published, accepted, settings.seed, server_round)
-                             if dp_spec is not None and dp_spec.kind == "client" else
-                             aggregate(settings.aggregator, accepted))
-        else:
-            recorder.audit("round_skipped", round=server_round, accepted=len(accepted),
-                           min_clients=settings.min_clients)
-            log(WARNING, "Round %d skipped: %d accepted replies, %d needed; the global model stays as it was",
-                server_round, len(accepted), settings.min_clients)
+        ctx = RoundContext(grid=grid, node_ids=node_ids, settings=settings, keys=keys, spec=spec, run_name=run_name,
+                           server_round=server_round, published=published, base=watermark.strip(published),
+                           record=to_record(published), config=config, recorder=recorder, clock=clock)
+        result = MODES[settings.secure_mode](ctx)
+        if result.arrays is not None:
+            global_arrays = result.arrays
 
         # 5. Evaluate centrally, record the round, checkpoint.
         clock.start("evaluate")
-        result = evaluate_global(settings.dataset, global_arrays)
+        evaluation = evaluate_global(settings.dataset, global_arrays)
         record = RoundRecord(
-            round=server_round, accuracy=result.accuracy, loss=result.loss,
-            seconds=round(time.perf_counter() - started, 3), bytes_up=bytes_up, bytes_down=bytes_down,
-            clients_used=len(accepted), rejected=rejected, recovered=recovered, stages=clock.result(),
-            epsilon=round_epsilon(dp_spec, server_round, epsilon, [u.site for u in accepted]),
+            round=server_round, accuracy=evaluation.accuracy, loss=evaluation.loss,
+            seconds=round(time.perf_counter() - started, 3), bytes_up=result.bytes_up, bytes_down=result.bytes_down,
+            clients_used=len(result.used), rejected=result.rejected, recovered=result.recovered,
+            stages=clock.result(), epsilon=round_epsilon(dp_spec, server_round, result.epsilon, result.used),
         )
         rounds.append(record)
         recorder.checkpoint(global_arrays, server_round)
         recorder.record_round(record)
         log(INFO, "Round %d: accuracy %.4f loss %.4f (%d sites, %.1f s)", server_round,
-            result.accuracy, result.loss, len(accepted), record.seconds)
+            evaluation.accuracy, evaluation.loss, len(result.used), record.seconds)
 
     final_round = settings.num_rounds + 1
     recorder.progress(settings.num_rounds, "centralized reference")
@@ -186,15 +139,6 @@ def wait_for_nodes(grid: Grid, min_clients: int) -> list[int]:
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """Arrays as the record that crosses the wire."""
     return ArrayRecord({name: Array(value) for name, value in arrays.items()})
-
-
-def train_message(published: ArrayRecord, config: dict, node_id: int, server_round: int) -> Message:
-    """A train instruction for one site: the published model and the round's config."""
-    content = RecordDict({
-        wire.ARRAYS: published,
-        wire.CONFIG: ConfigRecord(config),
-    })
-    return Message(content=content, dst_node_id=node_id, message_type=wire.TRAIN, group_id=str(server_round))
 
 
 def evaluate_global(dataset: str, arrays: dict[str, np.ndarray]) -> EvalResult:

@@ -23,10 +23,15 @@ from typing import Any, TextIO
 from common import inject, processes, records
 from common.data import DATASETS, load_split
 from common.errors import FedSealError, InputError
-from common.settings import AGGREGATORS, ON_TAMPER, RunSettings
+from common.settings import AGGREGATORS, ON_TAMPER, SECURE_MODES, RunSettings
 from server import progress
 
 LOG_NAME = "simulation.log"
+MODE_HELP = {
+    "none": "'none' sealed weights (the server sees each site's update)",
+    "he": "'he' CKKS-encrypted under a key only the sites hold (the server adds ciphertexts, sees only the sum)",
+    "masked": "'masked' pairwise-masked, SecAgg+ (the server sees only the sum)",
+}
 RUN_CONFIG = "run-config.json"  # the settings and site count, for --resume
 POLL_SECONDS = 0.25
 
@@ -61,8 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-clients", type=int, default=d.min_clients,
                    help="fewest accepted replies that update the model in a round; with fewer the round is "
                    "skipped and the global model stays as it was [min-clients]")
-    p.add_argument("--secure-mode", default=d.secure_mode, choices=("none",),
-                   help="how sites return updates; only 'none' so far [secure-mode]")
+    p.add_argument("--secure-mode", "--secure", dest="secure_mode", default=d.secure_mode, choices=SECURE_MODES,
+                   help="how sites return updates: " + "; ".join(MODE_HELP[m] for m in SECURE_MODES) + " [secure-mode]")
+    p.add_argument("--round-timeout", type=int, default=d.round_timeout, metavar="SECONDS",
+                   help="seconds the server waits for replies at each step of a round; sites that do not answer "
+                   "in time are left out of that round [round-timeout]")
     p.add_argument("--aggregator", default=d.aggregator, choices=AGGREGATORS,
                    help="how accepted updates combine: fedavg, or robust median / trimmed-mean / krum, which "
                    "limit what a site training on poisoned data can do [aggregator]")
@@ -105,7 +113,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
         batch_size=args.batch_size, partition=args.partition, seed=args.seed, secure_mode=args.secure_mode,
         min_clients=args.min_clients,
         aggregator=args.aggregator, on_tamper=args.on_tamper, inject=inject.to_text(inject.parse(args.inject)),
-        dp=getattr(args, "dp", ""),
+        dp=getattr(args, "dp", ""), round_timeout=args.round_timeout,
     )
     bad = [i for i in settings.injections if i.client >= args.clients]
     if bad:

@@ -115,3 +115,23 @@ def test_simulate_help_explains_every_flag(capsys):
     for flag in ("--dataset", "--clients", "--rounds", "--partition", "--seed", "--local-epochs", "--lr",
                  "--batch-size", "--min-clients", "--secure-mode", "--out", "--force", "--verbose"):
         assert flag in out
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(aggregator="median"), "use fedavg"),
+    (dict(on_tamper="recover"), "can only be rejected"),
+    (dict(dp="client:1.0,1.0"), "dp sample"),
+])
+def test_secure_modes_refuse_what_needs_each_update(changes, message):
+    from common.settings import SECURE_MODES
+
+    for mode in SECURE_MODES:
+        if mode == "none":
+            continue
+        with pytest.raises(InputError, match=message):
+            RunSettings(secure_mode=mode, **changes)
+
+
+def test_round_timeout_must_be_positive():
+    with pytest.raises(InputError, match="round-timeout"):
+        RunSettings(round_timeout=0)

@@ -1,0 +1,128 @@
+"""What every secure mode's round shares: its inputs, its result, sending, and the audit trail.
+
+server/app.py publishes the global model, then hands the round to the mode's
+`run_round(ctx) -> RoundResult` (server/mode_none.py, mode_he.py, mode_masked.py), then
+evaluates, records and checkpoints what the mode returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from logging import WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from common import wire
+from common.keys import ServerKeys
+from common.records import RunRecorder
+from common.settings import RunSettings
+from common.stages import StageClock
+from server.checks import Verdict
+from server.dp import refusal_event, reported_epsilon
+
+Spec = dict[str, tuple[tuple[int, ...], str]]
+
+
+@dataclass
+class RoundContext:
+    """One round as the modes see it: who takes part, what was published, where to record."""
+
+    grid: Grid
+    node_ids: list[int]
+    settings: RunSettings
+    keys: ServerKeys
+    spec: Spec  # the model's tensors: name -> (shape, dtype)
+    run_name: str
+    server_round: int
+    published: dict[str, np.ndarray]  # the watermarked global model sent this round
+    base: dict[str, np.ndarray]  # its values with the watermark bits cleared: what sites train from
+    record: ArrayRecord  # `published` as it crosses the wire
+    config: dict  # the round's train config
+    recorder: RunRecorder
+    clock: StageClock
+
+
+@dataclass
+class RoundResult:
+    """What a round produced: the new global model (None: skipped, the model stays) and the tally."""
+
+    arrays: dict[str, np.ndarray] | None = None
+    used: list[str] = field(default_factory=list)  # sites whose update is in the aggregate
+    rejected: list[str] = field(default_factory=list)
+    recovered: list[dict] = field(default_factory=list)
+    epsilon: dict[str, float] = field(default_factory=dict)  # --dp sample: site -> epsilon it reports
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+def message(ctx: RoundContext, node_id: int, message_type: str, content: RecordDict) -> Message:
+    """A message of this round to one site."""
+    return Message(content=content, dst_node_id=node_id, message_type=message_type, group_id=str(ctx.server_round))
+
+
+def train_messages(ctx: RoundContext, extra_config: dict | None = None) -> list[Message]:
+    """The round's train instruction to every site: the published model and the round's config."""
+    config = ConfigRecord({**ctx.config, **(extra_config or {})})
+    return [message(ctx, node_id, wire.TRAIN, RecordDict({wire.ARRAYS: ctx.record, wire.CONFIG: config}))
+            for node_id in ctx.node_ids]
+
+
+def send(ctx: RoundContext, messages: list[Message], stage: str) -> list[Message]:
+    """Send and wait for the replies, at most the run's round timeout; sites that do not answer
+    in time are audited as `replies_missing` (the round goes on with those that did)."""
+    if not messages:
+        return []
+    replies = list(ctx.grid.send_and_receive(messages, timeout=float(ctx.settings.round_timeout)))
+    answered = {r.metadata.src_node_id for r in replies}
+    silent = sorted(m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered)
+    if silent:
+        ctx.recorder.audit("replies_missing", round=ctx.server_round, stage=stage, count=len(silent),
+                           nodes=silent)
+        log(WARNING, "Round %d (%s): no reply from %d site(s) within %s s", ctx.server_round, stage,
+            len(silent), ctx.settings.round_timeout)
+    return replies
+
+
+def note_refusal(ctx: RoundContext, result: RoundResult, verdict: Verdict, reply: Message) -> None:
+    """Record a site's refusal of the global model (or of the round: DP budget spent)."""
+    if (event := refusal_event(reply)) == "dp_budget_spent" and (eps := reported_epsilon(reply)) is not None:
+        result.epsilon[verdict.site] = eps
+    ctx.recorder.audit(event, round=ctx.server_round, client=verdict.site, reason=verdict.reason)
+    log(WARNING, "Round %d: site %s refused the global model: %s", ctx.server_round, verdict.site, verdict.reason)
+
+
+def note_rejection(ctx: RoundContext, result: RoundResult, site: str, reason: str,
+                   tampered: dict | None = None) -> None:
+    """Record that a site's payload failed its check and is left out of the round."""
+    result.rejected.append(site)
+    ctx.recorder.audit("update_rejected", round=ctx.server_round, client=site, reason=reason, tampered=tampered)
+    log(WARNING, "Round %d: rejected site %s: %s", ctx.server_round, site, reason)
+
+
+def note_accepted(ctx: RoundContext, result: RoundResult, verdict: Verdict, reply: Message) -> None:
+    """Record an accepted site: its reported epsilon, and whether it had to recover the global model."""
+    result.used.append(verdict.site)
+    if (eps := reported_epsilon(reply)) is not None:
+        result.epsilon[verdict.site] = eps
+    if verdict.global_recovered:
+        result.recovered.append({"client": verdict.site, "what": "global-model"})
+        ctx.recorder.audit("global_recovered", round=ctx.server_round, client=verdict.site)
+
+
+def enough(ctx: RoundContext, accepted: int) -> bool:
+    """True when `accepted` sites may update the model; otherwise audit and log the skip."""
+    if accepted >= ctx.settings.min_clients:
+        return True
+    ctx.recorder.audit("round_skipped", round=ctx.server_round, accepted=accepted,
+                       min_clients=ctx.settings.min_clients)
+    log(WARNING, "Round %d skipped: %d accepted replies, %d needed; the global model stays as it was",
+        ctx.server_round, accepted, ctx.settings.min_clients)
+    return False
+
+
+def site_metrics(replies: list[Message]) -> list:
+    """The metrics records of the replies that carry one (for the per-stage seconds)."""
+    return [r.content[wire.METRICS] for r in replies if not r.has_error() and wire.METRICS in r.content]
