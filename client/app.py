@@ -16,6 +16,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client import masked, mode_he
 from common import dp, inject, wire
 from common.data import dataset_info, load_csv, load_partition
 from common.errors import InputError
@@ -27,7 +28,7 @@ from common.training import derive_seed, train as train_model
 
 app = ClientApp()
 
-LAST_REPLY = "fedseal-last-reply"  # context.state: this site's previous sealed reply (for replay injection)
+LAST_REPLY = "fedseal-last-reply:"  # context.state: this site's previous sealed reply records (replay injection)
 
 
 @app.train()
@@ -40,13 +41,17 @@ def train(msg: Message, context: Context) -> Message:
     run_name = str(config[wire.RUN_NAME])
     x, y, site_key = load_site_data(settings, context.node_config)
     client_id, keys = load_site_keys(context.node_config, config)
-    sim_id = _simulation_id(context.node_config)
+    fault_id = _injection_id(context.node_config, client_id)
+    mode = str(config.get(wire.SECURE_MODE, "none"))
 
     def injected(kind: str) -> bool:
-        return sim_id is not None and inject.wanted(settings.injections, kind, sim_id, server_round)
+        return fault_id is not None and inject.wanted(settings.injections, kind, fault_id, server_round)
 
     def rng(kind: str) -> np.random.Generator:
         return np.random.default_rng(derive_seed(settings.seed, kind, client_id, server_round))
+
+    if injected("drop"):  # the site vanishes for the rest of the round (masked: after sharing its keys)
+        raise inject.Vanished(f"site {client_id} vanishes in round {server_round} (injected)")
 
     # Step 2a: verify the watermark and the signature; recover or refuse.
     model = build_model(settings.dataset)
@@ -81,22 +86,35 @@ def train(msg: Message, context: Context) -> Message:
     if dp_spec is not None and dp_spec.kind == "client":
         trained = dp.clip_update(trained, opened.values(), dp_spec.clip)
 
-    # Step 3: seal the trained weights with this site's key, bound to run, round and site.
+    # Step 3: build the mode's payload and seal it with this site's key, bound to run, round and site.
     train_seconds, tick = time.perf_counter() - tick, time.perf_counter()
     seal_key = secrets.token_bytes(32) if injected("forge-update") else keys.seal_key
-    payload = build_payload(seal_update(trained, seal_key, run_name, server_round, client_id))
+    if mode == "he":
+        payload = mode_he.build_payload(trained, opened.values(), len(y), keys, seal_key, run_name, server_round)
+    elif mode == "masked":
+        payload = masked.build_payload(context, config, trained, opened.values(), client_id, seal_key, run_name,
+                                       server_round)
+    else:
+        payload = RecordDict({wire.ARRAYS: to_record(seal_update(trained, seal_key, run_name, server_round,
+                                                                 client_id))})
     seal_seconds = time.perf_counter() - tick
     if injected("tamper-update"):
-        payload = build_payload(inject.flip_bits(_arrays(payload), rng("tamper-update")))
-    previous = context.state.get(LAST_REPLY)
-    context.state[LAST_REPLY] = payload
-    if injected("replay-update") and isinstance(previous, ArrayRecord):
+        payload = (mode_he.tamper(payload, rng("tamper-update")) if mode == "he" else
+                   masked.tamper(payload, rng("tamper-update")) if mode == "masked" else
+                   RecordDict({wire.ARRAYS: to_record(inject.flip_bits(_arrays(payload[wire.ARRAYS]),
+                                                                       rng("tamper-update")))}))
+    previous = RecordDict({key.removeprefix(LAST_REPLY): record for key, record in context.state.items()
+                           if key.startswith(LAST_REPLY)})
+    for name, record in payload.items():
+        context.state[LAST_REPLY + name] = record
+    if injected("replay-update") and len(previous):
         payload = previous
     content = RecordDict({
-        wire.ARRAYS: payload,
+        **dict(payload.items()),
         wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: int(len(y)), wire.TRAIN_LOSS: float(loss),
                                     wire.GLOBAL_RECOVERED: int(opened.recovered), wire.VERIFY_SECONDS: verify_seconds,
-                                    wire.TRAIN_SECONDS: train_seconds, wire.SEAL_SECONDS: seal_seconds}),
+                                    wire.TRAIN_SECONDS: train_seconds,
+                                    wire.SEAL_SECONDS if mode == "none" else wire.ENCRYPT_SECONDS: seal_seconds}),
         wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id}),
     })
     if plan is not None:
@@ -111,8 +129,32 @@ def refuse(msg: Message, client_id: str, reason: str, **extra: int | float) -> M
     return Message(content=content, reply_to=msg)
 
 
-def _simulation_id(node_config: dict) -> int | None:
-    return int(node_config[wire.PARTITION_ID]) if wire.PARTITION_ID in node_config else None
+def _injection_id(node_config: dict, client_id: str) -> int | None:
+    """Which CLIENT of `--inject KIND:CLIENT:ROUND` this site is: its partition id in simulation,
+    its numeric client id in deployment (tests tamper with a SuperNode's replies that way)."""
+    if wire.PARTITION_ID in node_config:
+        return int(node_config[wire.PARTITION_ID])
+    return int(client_id) if client_id.isdigit() else None
+
+
+@app.query("masked")
+def masked_stage(msg: Message, context: Context) -> Message:
+    """masked mode: the SecAgg+ stages around training (setup, share-keys, unmask; client/masked.py)."""
+    settings = RunSettings.from_run_config(context.run_config)
+    client_id, keys = load_site_keys(context.node_config, msg.content[wire.CONFIG])
+    return masked.handle_query(msg, context, settings, client_id, keys, _injection_id(context.node_config, client_id),
+                               lambda: len(load_site_data(settings, context.node_config)[1]))
+
+
+@app.query("decrypt")
+def decrypt(msg: Message, context: Context) -> Message:
+    """he mode: decrypt the blinded sum the server sends (this site holds the CKKS secret key)."""
+    tick = time.perf_counter()
+    _, keys = load_site_keys(context.node_config, msg.content[wire.CONFIG])
+    coefficients = mode_he.decrypt_blinded(msg.content, keys)
+    content = RecordDict({wire.DECRYPTED: ArrayRecord({wire.COEFFICIENTS: Array(coefficients)}),
+                          wire.METRICS: MetricRecord({wire.DECRYPT_SECONDS: time.perf_counter() - tick})})
+    return Message(content=content, reply_to=msg)
 
 
 def load_site_keys(node_config: dict, config: ConfigRecord) -> tuple[str, ClientKeys]:
@@ -152,6 +194,6 @@ def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: arr.numpy() for name, arr in record.items()}
 
 
-def build_payload(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """The record a site returns (its sealed weights)."""
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Arrays as the record that crosses the wire."""
     return ArrayRecord({name: Array(value) for name, value in arrays.items()})

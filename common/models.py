@@ -66,3 +66,20 @@ def initial_model(dataset: str, seed: int) -> nn.Module:
     """The run's starting model: build_model(dataset) with weights drawn from `seed`."""
     torch.manual_seed(seed)
     return build_model(dataset)
+
+
+def flatten(arrays: dict[str, np.ndarray], spec: dict[str, tuple[tuple[int, ...], str]]) -> np.ndarray:
+    """The arrays as one float64 vector, in `spec` order (secure modes send one vector)."""
+    return np.concatenate([np.asarray(arrays[name], dtype=np.float64).ravel() for name in spec])
+
+
+def unflatten(vector: np.ndarray, spec: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, np.ndarray]:
+    """Inverse of `flatten`: named arrays of the spec's shapes and dtypes."""
+    out, start = {}, 0
+    for name, (shape, dtype) in spec.items():
+        size = int(np.prod(shape))
+        out[name] = np.asarray(vector[start:start + size]).reshape(shape).astype(dtype)
+        start += size
+    if start != len(vector):
+        raise ValueError(f"vector of {len(vector)} values for a model of {start}")
+    return out

@@ -144,8 +144,8 @@ def check_chunks(chunks: Sequence[bytes], tags: Sequence[bytes], seal_key: bytes
     bad = [i for i, (tag, good) in enumerate(zip(tags, expected))
            if not hmac.compare_digest(bytes(tag), good)]
     if len(bad) == len(chunks):
-        raise SealError(f"no chunk verifies for this site, round and run (wrong key, replayed or forged; "
-                        f"{len(chunks)} chunks)")
+        raise SealError(f"every chunk fails its seal ({len(chunks)} of {len(chunks)}): tampered, or not sealed "
+                        f"by this site for this run and round (wrong key, replayed or forged)")
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         raise SealError(f"{len(bad)} of {len(chunks)} chunks fail the seal (chunk {shown})")

@@ -16,7 +16,7 @@ from common.dp import DpSpec, parse_dp
 from common.errors import InputError
 from common.inject import Injection, parse as parse_injections
 
-SECURE_MODES = ("none",)  # "he" and "masked" join as they land
+SECURE_MODES = ("none", "he", "masked")
 
 # run-config key -> RunSettings attribute
 RUN_CONFIG_KEYS = {

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable, Mapping
 
 from common import wire
 
-# The order stages are drawn in; "encrypt"/"decrypt" come with the HE/masked modes.
+# The order stages are drawn in; "encrypt" (encrypt or mask, and seal) and "decrypt" are the
+# sites' work in the secure modes.
 ORDER = ("watermark", "verify", "train", "seal", "encrypt", "check", "decrypt", "aggregate", "evaluate")
-SITE_STAGES = {"verify": wire.VERIFY_SECONDS, "train": wire.TRAIN_SECONDS, "seal": wire.SEAL_SECONDS}
+SITE_STAGES = {"verify": wire.VERIFY_SECONDS, "train": wire.TRAIN_SECONDS, "seal": wire.SEAL_SECONDS,
+               "encrypt": wire.ENCRYPT_SECONDS, "decrypt": wire.DECRYPT_SECONDS}
 
 
 def _is_seconds(value: object) -> bool:

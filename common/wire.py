@@ -9,6 +9,10 @@ ARRAYS = "arrays"  # ArrayRecord: model parameters (global model down, trained m
 METRICS = "metrics"  # MetricRecord: numbers a site reports
 CONFIG = "config"  # ConfigRecord: instructions from the server
 
+HE_CIPHERTEXTS = "he-ciphertexts"  # ConfigRecord (he mode): CHUNKS = the site's ciphertexts, or a blinded sum
+SEALS = "seals"  # ConfigRecord: TAGS = one seal tag per chunk of the payload (he, masked)
+DECRYPTED = "decrypted"  # ArrayRecord (he mode, decrypt reply): COEFFICIENTS of the blinded sum
+
 # Keys inside those records
 NUM_EXAMPLES = "num-examples"  # METRICS: training examples used by the site (FedAvg weight)
 TRAIN_LOSS = "train-loss"  # METRICS: mean training loss of the last local epoch
@@ -26,8 +30,15 @@ VERIFY_SECONDS = "verify-seconds"  # METRICS: seconds the site spent verifying (
 TRAIN_SECONDS = "train-seconds"  # METRICS: seconds of local training
 SEAL_SECONDS = "seal-seconds"  # METRICS: seconds spent sealing the trained weights
 
+CHUNKS = "chunks"  # list[bytes]
+TAGS = "tags"  # list[bytes]
+COEFFICIENTS = "coefficients"  # uint64 array, one row of plaintext coefficients per chunk
+DECRYPT_SECONDS = "decrypt-seconds"  # METRICS (decrypt reply): seconds the site spent decrypting
+ENCRYPT_SECONDS = "encrypt-seconds"  # METRICS: seconds the site spent encrypting (or masking) its update
+
 # Message types (Flower's "train" / "evaluate" / "query.<name>")
 TRAIN = "train"
+DECRYPT = "query.decrypt"  # he mode: one site decrypts the blinded sum
 
 # Node config keys
 PARTITION_ID = "partition-id"  # simulation: which partition this site holds
@@ -35,3 +46,22 @@ NUM_PARTITIONS = "num-partitions"  # simulation: number of sites
 DATA_PATH = "data-path"  # deployment: the site's own CSV file
 LABEL_COLUMN = "label-column"  # deployment: the CSV column holding the class label
 KEYS_DIR = "keys-dir"  # deployment: the site's key folder (DIR/clients/<id> of `fedseal keys init`)
+
+# masked mode (server/mode_masked.py <-> client/masked.py; common/secagg.py computes)
+MASKED_QUERY = "query.masked"  # message type of the SecAgg+ stages around training
+MASKED = "masked"  # ConfigRecord: the stage's fields (request and reply)
+MASKED_VECTOR = "masked-vector"  # ArrayRecord (train reply): VECTOR = the site's masked uint32 vector
+VECTOR = "vector"
+MASKED_STAGE = "masked-stage"  # CONFIG: which stage a query.masked message asks for
+STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_UNMASK = "setup", "share-keys", "unmask"
+MASKED_STATE = "state"  # context.state: a site's round state (its secrets never leave the site)
+MASKED_TAG = "tag"  # MASKED (reply): the site's seal over the stage's fields
+MASK_KEY, ENC_KEY = "mask-key", "enc-key"  # MASKED (setup reply): X25519 public keys
+ROSTER, ROSTER_SIGNATURE = "roster", "roster-signature"  # CONFIG: the signed roster / unmask request
+DESTINATIONS, CIPHERTEXTS = "destinations", "ciphertexts"  # share-keys reply; CIPHERTEXTS also in train CONFIG
+SOURCES = "sources"  # train CONFIG: who each forwarded ciphertext comes from
+COMMITMENT = "commitment"  # MASKED (share-keys reply): SHA-256 commitment to the self-mask seed
+SEAL, PARTNERS = "seal", "partners"  # MASKED (train reply): chunk seals; pairwise partners
+SURVIVORS, DROPOUTS = "survivors", "dropouts"  # CONFIG (unmask request)
+SEED_OWNERS, SEED_SHARES = "seed-owners", "seed-shares"  # MASKED (unmask reply)
+KEY_OWNERS, KEY_SHARES = "key-owners", "key-shares"

@@ -27,13 +27,13 @@ from common.seal import global_context, publish_global
 from common.settings import RunSettings
 from common.stages import StageClock
 from common.training import EvalResult, centralized_reference, evaluate
-from server import mode_none
+from server import mode_he, mode_masked, mode_none
 from server.dp import round_epsilon, summary_fields
 from server.rounds import RoundContext
 
 app = ServerApp()
 
-MODES = {"none": mode_none.run_round}  # secure mode -> its round (server/rounds.py)
+MODES = {"none": mode_none.run_round, "he": mode_he.run_round, "masked": mode_masked.run_round}  # secure mode -> its round (server/rounds.py)
 
 NODE_WAIT_LOG_SECONDS = 10
 
@@ -52,6 +52,8 @@ def main(grid: Grid, context: Context) -> None:
     node_ids = wait_for_nodes(grid, settings.min_clients)
     keys_root = Path(settings.keys_dir) if settings.keys_dir else recorder.folder / "keys"
     keys = load_or_make_keys(keys_root, len(node_ids), simulation=not settings.keys_dir)
+    if settings.secure_mode == "he":
+        keys.he_public_context()  # refuses to run with a context that holds the CKKS secret key
     global_arrays = get_arrays(initial_model(settings.dataset, settings.seed))
     spec = array_spec(global_arrays)
     rounds: list[RoundRecord] = []

@@ -48,16 +48,34 @@ def site_of(reply: Message) -> str:
     return f"node-{reply.metadata.src_node_id}"
 
 
+def refusal_of(reply: Message) -> Verdict | None:
+    """The site's refusal of the round (its reason), or None when the reply is not a refusal."""
+    if not reply.has_error():
+        config = reply.content.get(wire.CONFIG)
+        if isinstance(config, ConfigRecord) and wire.REFUSED in config:
+            return Verdict(site_of(reply), reason=str(config[wire.REFUSED]), refused=True)
+    return None
+
+
+def num_examples_of(reply: Message) -> int | str:
+    """The reply's positive integer num-examples, or the reason it has none."""
+    metrics = reply.content.get(wire.METRICS)
+    if not isinstance(metrics, MetricRecord):
+        return f"no MetricRecord under {wire.METRICS!r}"
+    n = metrics.get(wire.NUM_EXAMPLES)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        return f"{wire.NUM_EXAMPLES} must be a positive integer, got {n!r}"
+    return n
+
+
 def check_sealed_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], str]], keys: ServerKeys,
                        run_name: str, server_round: int, *, recover: bool) -> Verdict:
     """check_reply, then the site's seal: the weights must carry the seal of the site they
     claim to come from, for this run and round. With `recover`, a tampered update within the
     recovery bound is restored bit-exactly and accepted."""
+    if (refusal := refusal_of(reply)) is not None:
+        return refusal
     site = site_of(reply)
-    if not reply.has_error():
-        config = reply.content.get(wire.CONFIG)
-        if isinstance(config, ConfigRecord) and wire.REFUSED in config:
-            return Verdict(site, reason=str(config[wire.REFUSED]), refused=True)
     verdict = check_reply(reply, spec)
     if not verdict.accepted:
         return verdict
@@ -89,14 +107,11 @@ def check_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], str]]) ->
         return Verdict(site, reason=f"site reported an error: {reply.error.reason}")
     content = reply.content
     arrays_rec = content.get(wire.ARRAYS)
-    metrics = content.get(wire.METRICS)
     if not isinstance(arrays_rec, ArrayRecord):
         return Verdict(site, reason=f"no ArrayRecord under {wire.ARRAYS!r}")
-    if not isinstance(metrics, MetricRecord):
-        return Verdict(site, reason=f"no MetricRecord under {wire.METRICS!r}")
-    n = metrics.get(wire.NUM_EXAMPLES)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        return Verdict(site, reason=f"{wire.NUM_EXAMPLES} must be a positive integer, got {n!r}")
+    n = num_examples_of(reply)
+    if isinstance(n, str):
+        return Verdict(site, reason=n)
     missing, extra = sorted(set(spec) - set(arrays_rec)), sorted(set(arrays_rec) - set(spec))
     if missing or extra:
         return Verdict(site, reason=f"array names differ: missing {missing}, unexpected {extra}")

@@ -1,0 +1,45 @@
+"""A site's side of `he` mode: encrypt the weighted update, seal the ciphertexts, and decrypt
+the blinded sum when the server asks this site to (common/he.py has the CKKS codec)."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+
+from common import he, wire
+from common.keys import ClientKeys
+from common.models import array_spec, flatten
+from common.seal import seal_chunks
+
+PAYLOAD_KIND = "he"  # bound into the chunk seals: an he payload cannot pass as another mode's
+
+
+def build_payload(trained: dict[str, np.ndarray], base: dict[str, np.ndarray], num_examples: int,
+                  keys: ClientKeys, seal_key: bytes, run_name: str, server_round: int) -> RecordDict:
+    """The records a site returns in he mode: its update (trained - base) times its example count,
+    encrypted under the federation's CKKS key, and one seal tag per ciphertext."""
+    spec = array_spec(trained)
+    delta = flatten(trained, spec) - flatten(base, spec)
+    chunks = he.encrypt(delta, float(num_examples), keys.he_secret_context())
+    tags = seal_chunks(chunks, seal_key, run_name, server_round, keys.client_id, PAYLOAD_KIND)
+    return RecordDict({wire.HE_CIPHERTEXTS: ConfigRecord({wire.CHUNKS: chunks}),
+                       wire.SEALS: ConfigRecord({wire.TAGS: tags})})
+
+
+def tamper(payload: RecordDict, rng: np.random.Generator) -> RecordDict:
+    """Fault injection: 8 bits flipped in one ciphertext after sealing (what a network attacker does)."""
+    chunks = list(payload[wire.HE_CIPHERTEXTS][wire.CHUNKS])
+    index = int(rng.integers(len(chunks)))
+    data = bytearray(chunks[index])
+    for pos in rng.choice(np.arange(16, len(data)), size=8, replace=False):
+        data[pos] ^= 1 << int(rng.integers(8))
+    chunks[index] = bytes(data)
+    return RecordDict({wire.HE_CIPHERTEXTS: ConfigRecord({wire.CHUNKS: chunks}),
+                       wire.SEALS: payload[wire.SEALS]})
+
+
+def decrypt_blinded(content: RecordDict, keys: ClientKeys) -> np.ndarray:
+    """The plaintext coefficients of the blinded sum in a decrypt request (uniformly random to
+    this site: the server's mask hides the sum)."""
+    chunks = list(content[wire.HE_CIPHERTEXTS][wire.CHUNKS])
+    return he.decrypt_raw(chunks, keys.he_secret_context(), len(chunks))
