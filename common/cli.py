@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from common import cli_watermark
 
     cli_watermark.register(sub)
+    from common import cli_bench; cli_bench.register(sub)  # noqa: E702
     from common import cli_keys; cli_keys.register(sub)  # noqa: E702
     from common import cli_data
 

@@ -1,4 +1,4 @@
-"""`fedseal keygen | watermark | verify | recover | bench watermark`."""
+"""`fedseal keygen | watermark | verify | recover`, and the handler of `bench watermark`."""
 
 from __future__ import annotations
 
@@ -57,19 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(handler=_recover)
-
-    bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench_sub = bench.add_subparsers(dest="bench", metavar="WHAT", required=True)
-    p = bench_sub.add_parser(
-        "watermark",
-        help="watermark speed and recovery curve on a ResNet-18-like model",
-        description="Time embed, verify and recover-at-10%% next to a numpy copy and a BLAKE2b hash of the "
-        "same bytes, and measure the fraction of runs restored bit-exactly at 5-30%% of blocks tampered.",
-    )
-    p.add_argument("--params", type=int, default=11_700_000, help="model size (default: %(default)s)")
-    p.add_argument("--runs", type=int, default=3, help="tampering runs per curve point (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(handler=_bench)
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -163,7 +150,8 @@ def _recover(args) -> int:
     return 0 if report.intact else 1
 
 
-def _bench(args) -> int:
+def bench_watermark(args) -> int:
+    """`fedseal bench watermark`."""
     from common.watermark import bench
 
     if args.params < 10_000:

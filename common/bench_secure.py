@@ -1,0 +1,197 @@
+"""`fedseal bench secure`: what each secure mode costs per round, against the TenSEAL default,
+all measured in one run on the same updates (Flower-free: the protocol's computations in process).
+
+Per mode: `wire_ratio` (one site's upload bytes / the float32 bytes of the model),
+`client_ns_per_param` (a site's encode + encrypt/mask + seal + serialize, wall time),
+`server_ns_per_param` (ingest: check + deserialize + add, per site and parameter),
+`round_s` (the critical path of a round: one site's work, as sites run in parallel, then the
+server's ingest of every site and the final decryption/unmasking), `max_abs_error` (the
+aggregate against plaintext FedAvg computed in float64). Timings are the best of `repeat`.
+Modes: none (sealed float32 weights), he (common/he.py), tenseal_default (CKKS N=8192
+[60,40,40], scale 2^40, ts.ckks_vector: the common default), and any registered in ROWS.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from common import he
+from common.seal import check_chunks, open_update, seal_chunks, seal_update
+
+RUN = "bench"
+SEAL_KEY = bytes(range(32))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The same updates for every mode: K sites' float32 deltas, their example counts, a base model."""
+
+    base: np.ndarray
+    deltas: list[np.ndarray]
+    counts: np.ndarray
+
+    @classmethod
+    def make(cls, params: int, clients: int, seed: int = 0) -> "Workload":
+        rng = np.random.default_rng(seed)
+        return cls(rng.normal(0, 0.1, params).astype(np.float32),
+                   [rng.normal(0, 0.02, params).astype(np.float32) for _ in range(clients)],
+                   rng.integers(10, 2000, size=clients))
+
+    @property
+    def params(self) -> int:
+        return self.base.size
+
+    def exact_mean(self) -> np.ndarray:
+        """Plaintext FedAvg of the deltas in float64."""
+        return sum(d.astype(np.float64) * n for d, n in zip(self.deltas, self.counts)) / self.counts.sum()
+
+
+def best(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
+    """(best seconds, last result) of `repeat` calls."""
+    seconds, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        seconds = min(seconds, time.perf_counter() - start)
+    return seconds, out
+
+
+def row(w: Workload, upload_bytes: int, client_s: float, server_s: float, final_s: float,
+        mean: np.ndarray) -> dict:
+    """One mode's figures (server_s: ingest of all sites; final_s: decryption/unmasking)."""
+    return {
+        "wire_ratio": upload_bytes / (4 * w.params),
+        "upload_bytes": upload_bytes,
+        "client_ns_per_param": client_s / w.params * 1e9,
+        "server_ns_per_param": server_s / (w.params * len(w.deltas)) * 1e9,
+        "round_s": client_s + server_s + final_s,
+        "max_abs_error": float(np.max(np.abs(mean - w.exact_mean()))),
+    }
+
+
+def bench_none(w: Workload, repeat: int, workers: int) -> dict:
+    """Sites seal their float32 weights (watermark); the server checks each seal and averages."""
+    arrays = [{"w": w.base + d} for d in w.deltas]
+    spec = {"w": ((w.params,), "float32")}
+    client_s, sealed = float("inf"), []
+    for i, a in enumerate(arrays):
+        s, out = best(repeat, lambda: seal_update(a, SEAL_KEY, RUN, 1, str(i)))
+        client_s, sealed = min(client_s, s), sealed + [out]
+
+    def ingest():
+        total = np.zeros(w.params, np.float64)
+        for i, (s, n) in enumerate(zip(sealed, w.counts)):
+            total += open_update(s, spec, SEAL_KEY, RUN, 1, str(i)).values()["w"].astype(np.float64) * n
+        return total
+
+    server_s, total = best(repeat, ingest)
+    mean = total / w.counts.sum() - w.base.astype(np.float64)
+    return row(w, 4 * w.params, client_s, server_s, 0.0, mean)
+
+
+def _encrypt_part(args: tuple) -> list[bytes]:
+    part, weight, secret = args
+    return he.encrypt(part, weight, secret)
+
+
+def he_encrypt(vector: np.ndarray, weight: float, secret: bytes, pool: ProcessPoolExecutor | None,
+               workers: int) -> list[bytes]:
+    """he.encrypt, split at chunk boundaries over `workers` processes (same ciphertext list)."""
+    if pool is None:
+        return he.encrypt(vector, weight, secret)
+    per = -(-he.n_chunks(vector.size) // workers) * he.CHUNK
+    parts = [(vector[i:i + per], weight, secret) for i in range(0, vector.size, per)]
+    return [c for chunks in pool.map(_encrypt_part, parts) for c in chunks]
+
+
+def bench_he(w: Workload, repeat: int, workers: int) -> dict:
+    """common/he.py as FedSeal's he mode runs it: encrypt n x delta, seal chunks; check, add;
+    blind, one site decrypts, the server unblinds."""
+    secret, public = he.make_keys()
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        if pool is not None:
+            list(pool.map(_encrypt_part, [(w.deltas[0][:4], 1.0, secret)] * workers))  # start the workers
+
+        def client(i: int) -> tuple[list[bytes], list[bytes]]:
+            chunks = he_encrypt(w.deltas[i], float(w.counts[i]), secret, pool, workers)
+            return chunks, seal_chunks(chunks, SEAL_KEY, RUN, 1, str(i), "he")
+
+        client_s, uploads = float("inf"), []
+        for i in range(len(w.deltas)):
+            s, up = best(repeat, lambda: client(i))
+            client_s, uploads = min(client_s, s), uploads + [up]
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    count = he.n_chunks(w.params)
+
+    def ingest() -> he.Sum:
+        total = he.Sum(public, count)
+        for i, (chunks, tags) in enumerate(uploads):
+            check_chunks(chunks, tags, SEAL_KEY, RUN, 1, str(i), "he")
+            total.add_site(chunks)
+        return total
+
+    server_s, total = best(repeat, ingest)
+
+    def final() -> np.ndarray:
+        blinded, mask = total.blinded()
+        return he.unblind(he.decrypt_raw(blinded, secret, count), mask, public, w.params)
+
+    final_s, summed = best(1, final)
+    upload = sum(map(len, uploads[0][0])) + sum(map(len, uploads[0][1]))
+    return row(w, upload, client_s, server_s, final_s, summed / w.counts.sum())
+
+
+def bench_tenseal_default(w: Workload, repeat: int, workers: int) -> dict:
+    """TenSEAL's common default: CKKS N=8192 [60,40,40], scale 2^40, one ts.ckks_vector per 4096."""
+    import tenseal as ts
+
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40])
+    ctx.global_scale = 2**40
+    server_ctx = ts.context_from(ctx.serialize(save_secret_key=False))
+    slots = 4096
+
+    def client(i: int) -> list[bytes]:
+        x = w.deltas[i].astype(np.float64) * float(w.counts[i])
+        return [ts.ckks_vector(ctx, x[j:j + slots]).serialize() for j in range(0, w.params, slots)]
+
+    client_s, uploads = float("inf"), []
+    for i in range(len(w.deltas)):
+        s, up = best(repeat, lambda: client(i))
+        client_s, uploads = min(client_s, s), uploads + [up]
+
+    def ingest():
+        acc = [ts.ckks_vector_from(server_ctx, b) for b in uploads[0]]
+        for site in uploads[1:]:
+            for a, b in zip(acc, site):
+                a += ts.ckks_vector_from(server_ctx, b)
+        return [a.serialize() for a in acc]
+
+    server_s, summed = best(repeat, ingest)
+    final_s, total = best(1, lambda: np.concatenate([ts.ckks_vector_from(ctx, b).decrypt() for b in summed]))
+    return row(w, sum(map(len, uploads[0])), client_s, server_s, final_s, total[:w.params] / w.counts.sum())
+
+
+# mode name -> bench function(workload, repeat, workers) -> row; the masked mode registers its rows here
+ROWS: dict[str, Callable[[Workload, int, int], dict]] = {
+    "none": bench_none,
+    "he": bench_he,
+    "tenseal_default": bench_tenseal_default,
+}
+
+
+def run(params: int, clients: int, *, repeat: int = 2, workers: int = 1, modes: list[str] | None = None) -> dict:
+    """Every mode's row on one workload: {"params", "clients", "workers", "modes": {mode: row}}."""
+    w = Workload.make(params, clients)
+    chosen = modes or list(ROWS)
+    return {"params": params, "clients": clients, "workers": workers, "cpus": os.cpu_count(),
+            "load_avg_1min": round(os.getloadavg()[0], 2),
+            "modes": {name: ROWS[name](w, repeat, workers) for name in chosen}}
