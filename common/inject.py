@@ -8,7 +8,11 @@ of the wire, so it models what a network or storage attacker could do to the byt
 - forge-update: the reply is sealed with a key that is not the site's;
 - tamper-global: the global model is tampered on its way to the site (about 5 % of blocks
   overwritten plus a few exponent flips): the site must recover it bit-exactly;
-- corrupt-global: the global model is tampered beyond the recovery bound: the site must refuse.
+- corrupt-global: the global model is tampered beyond the recovery bound: the site must refuse;
+- drop: the site vanishes in that round after receiving the global model (in masked mode: after
+  sharing its keys, before sending its masked vector): the server gets no usable reply from it
+  for the rest of the round;
+- drop-late: masked mode: the site sends its masked vector, then vanishes before the unmask stage.
 """
 
 from __future__ import annotations
@@ -19,8 +23,13 @@ import numpy as np
 
 from common.errors import InputError
 
-KINDS = ("tamper-update", "replay-update", "forge-update", "tamper-global", "corrupt-global")
+KINDS = ("tamper-update", "replay-update", "forge-update", "tamper-global", "corrupt-global", "drop", "drop-late")
 BLOCK = 64
+
+
+class Vanished(RuntimeError):
+    """Raised by a site that an injected `drop` / `drop-late` makes vanish: the ClientApp fails the
+    message, so the server receives an error instead of a reply (what a dead site looks like)."""
 
 
 @dataclass(frozen=True)

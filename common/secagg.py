@@ -38,6 +38,7 @@ import numpy as np
 
 from common import masking, secret_shares as ss
 from common.errors import InputError
+from common.keys import derive_round_key
 from common.masking import Quantizer
 
 SEED_SHARE = "seed"
@@ -47,6 +48,15 @@ SHARES = "masked-shares"
 MASKED = "masked-vector"
 REVEAL = "masked-reveal"
 _COMMIT_TAG = b"fedseal/masked/seed-commitment/v1"
+
+
+ROUND_KEY_PURPOSE = "masked"
+
+
+def round_key(seal_key: bytes, run_name: str, server_round: int, site: str) -> bytes:
+    """The key a site seals every masked-mode message of a round with (HKDF of its seal key,
+    bound to run, round and site); the server derives the same from its copy."""
+    return derive_round_key(seal_key, run_name, server_round, site, ROUND_KEY_PURPOSE)
 
 
 class ProtocolError(InputError):
@@ -195,6 +205,17 @@ def check_advert(advert: Advert, round_key: bytes, run_name: str, server_round: 
     """Server side: raise MaskSealError unless the advert carries the site's seal for this round."""
     context = masking.round_context(run_name, server_round)
     masking.check_message(advert.tag, round_key, ADVERT, *advert.fields(context))
+
+
+def signed_digest(data: bytes) -> bytes:
+    """What the server signs (Ed25519, `common.keys.sign_digest`) for a roster or an unmask request."""
+    return hashlib.sha256(b"fedseal/masked/signed/v1" + bytes(data)).digest()
+
+
+def unmask_request(context: bytes, survivors, dropouts) -> bytes:
+    """Canonical bytes of an unmask request (the server signs them; the site checks)."""
+    return json.dumps({"context": _b64(context), "survivors": sorted(survivors), "dropouts": sorted(dropouts)},
+                      sort_keys=True, separators=(",", ":")).encode()
 
 
 def commitment(context: bytes, site: str, seed: bytes) -> bytes:

@@ -1,0 +1,246 @@
+"""`masked` mode: SecAgg+ on the Message API with FedSeal's fixes (common/secagg.py computes).
+
+The server sees each site's public keys and number of examples, then only masked uint32 vectors,
+and learns only the sum of the survivors' weighted updates. One round:
+
+1. setup      - `query.masked` to every site: public keys + examples, each sealed by its site.
+2. share keys - the signed roster to every advertised site; encrypted shares come back.
+3. train      - the global model plus each site's forwarded shares; masked vector + chunk seals
+                come back. Every chunk seal is checked before anything is summed; a site that
+                fails (tampered, replayed, forged, malformed) is audited `update_rejected` and
+                handled as a dropout; a site that refuses the model or vanishes is a dropout.
+4. unmask     - the survivors reveal seed shares of survivors and key shares of dropouts; the
+                masks are removed and new global = base + sum / (survivors' summed weight), float32.
+
+The round goes on while at least max(min-clients, threshold) sites survive; otherwise it is
+skipped and the global model stays as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from logging import WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+
+from common import masking, secagg, wire
+from common.errors import FedSealError
+from common.keys import sign_digest
+from server.checks import Verdict, payload_bytes, site_of
+from server.rounds import (RoundContext, RoundResult, enough, message, note_accepted, note_refusal, note_rejection,
+                           send, site_metrics)
+
+ALL_PAIRS_UP_TO = 16  # up to this many sites every pair shares a mask; beyond, a SecAgg+ graph
+
+
+def neighbour_degree(sites: int) -> int | None:
+    """None (all pairs) for small federations; otherwise SecAgg+'s O(log n) degree (even)."""
+    if sites <= ALL_PAIRS_UP_TO:
+        return None
+    return min(sites - 1, 2 * math.ceil(2 * math.log2(sites)))
+
+
+def run_round(ctx: RoundContext) -> RoundResult:
+    """The four stages of a masked round (module docstring); returns the new global model or None."""
+    result = RoundResult()
+    round_key = {}  # site -> its round key
+
+    def key(site: str) -> bytes:
+        if site not in round_key:
+            round_key[site] = secagg.round_key(ctx.keys.seal_key(site), ctx.run_name, ctx.server_round, site)
+        return round_key[site]
+
+    # 1. setup: public keys and example counts.
+    ctx.clock.start("setup")
+    replies = send(ctx, [_query(ctx, nid, wire.STAGE_SETUP) for nid in ctx.node_ids], "masked setup")
+    adverts, node_of = [], {}
+    for reply in _usable(ctx, replies, "setup"):
+        site, rec = _site_record(reply)
+        try:
+            advert = secagg.Advert(site, bytes(rec[wire.MASK_KEY]), bytes(rec[wire.ENC_KEY]),
+                                   int(rec[wire.NUM_EXAMPLES]), bytes(rec[wire.MASKED_TAG]))
+            secagg.check_advert(advert, key(site), ctx.run_name, ctx.server_round)
+        except (KeyError, TypeError, ValueError, FedSealError) as exc:
+            note_rejection(ctx, result, site, f"setup: {exc}")
+            continue
+        adverts.append(advert)
+        node_of[site] = reply.metadata.src_node_id
+    if not enough(ctx, len(adverts)) or len(adverts) < 2:
+        return result
+    roster = secagg.Roster.build(ctx.run_name, ctx.server_round, adverts, degree=neighbour_degree(len(adverts)))
+    roster_bytes = roster.to_bytes()
+    signature = sign_digest(ctx.keys.signing_key, secagg.signed_digest(roster_bytes))
+
+    # 2. share keys: the signed roster out, encrypted shares and seed commitments back.
+    ctx.clock.start("share-keys")
+    messages = [_query(ctx, node_of[s], wire.STAGE_SHARE_KEYS,
+                       {wire.ROSTER: roster_bytes, wire.ROSTER_SIGNATURE: signature}) for s in roster.sites]
+    result.bytes_down += len(roster_bytes) * len(messages)
+    shares: dict[str, secagg.SharesOut] = {}
+    for reply in _usable(ctx, send(ctx, messages, "masked share-keys"), "share-keys", node_of):
+        site, rec = _site_record(reply)
+        try:
+            destinations = [str(d) for d in rec[wire.DESTINATIONS]]
+            blobs = [bytes(b) for b in rec[wire.CIPHERTEXTS]]
+            out = secagg.SharesOut(dict(zip(destinations, blobs, strict=True)), bytes(rec[wire.COMMITMENT]),
+                                   bytes(rec[wire.MASKED_TAG]))
+            masking.check_message(out.tag, key(site), secagg.SHARES, *secagg.shares_fields(roster.context, site, out))
+        except (KeyError, TypeError, ValueError, FedSealError) as exc:
+            note_rejection(ctx, result, site, f"share-keys: {exc}")
+            continue
+        shares[site] = out
+        result.bytes_up += sum(map(len, blobs))
+    if not enough(ctx, len(shares)):
+        return result
+
+    # 3. train: the global model and each site's forwarded shares; masked vectors back.
+    ctx.clock.start("train", timed=False)  # the sites verify, train and mask; they report their seconds
+    messages = []
+    for site in shares:
+        inbox = {src: out.ciphertexts[site] for src, out in shares.items() if site in out.ciphertexts}
+        config = ConfigRecord({**ctx.config, wire.SOURCES: list(inbox), wire.CIPHERTEXTS: list(inbox.values())})
+        messages.append(message(ctx, node_of[site], wire.TRAIN, RecordDict({wire.ARRAYS: ctx.record,
+                                                                             wire.CONFIG: config})))
+        result.bytes_down += payload_bytes(ctx.record) + sum(map(len, inbox.values()))
+    replies = send(ctx, messages, "masked train")
+    ctx.clock.add_sites(site_metrics(replies))
+    ctx.clock.start("check")
+    size = sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in ctx.spec.values())
+    masked: dict[str, np.ndarray] = {}
+    partners: dict[str, tuple[str, ...]] = {}
+    for reply in _usable(ctx, replies, "train", node_of):
+        site = site_of(reply)
+        config = reply.content.get(wire.CONFIG)
+        if isinstance(config, ConfigRecord) and wire.REFUSED in config:
+            note_refusal(ctx, result, Verdict(site, reason=str(config[wire.REFUSED]), refused=True), reply)
+            continue
+        checked = _check_upload(reply, site, size, key(site), roster, result)
+        if isinstance(checked, str):
+            note_rejection(ctx, result, site, checked)
+            continue
+        masked[site], partners[site] = checked
+        note_accepted(ctx, result, Verdict(site), reply)
+    for a, b in secagg.one_sided_pairs(partners, masked):  # a share lost on the way: b cannot stay
+        if b in masked:
+            del masked[b]
+            note_rejection(ctx, result, b, f"its pairwise mask with site {a} would not cancel (shares lost)")
+    result.used = [s for s in result.used if s in masked]
+    dropouts = [s for s in shares if s not in masked]
+    if not enough(ctx, len(masked)):
+        result.used = []
+        return result
+    if len(masked) < roster.threshold:
+        _skip(ctx, result, f"{len(masked)} masked vectors survive, the unmask threshold is {roster.threshold}")
+        return result
+
+    # 4. unmask: survivors reveal seed shares of survivors and key shares of dropouts.
+    ctx.clock.start("aggregate")
+    survivors = sorted(masked, key=masking.order_key)
+    request = secagg.unmask_request(roster.context, survivors, dropouts)
+    signature = sign_digest(ctx.keys.signing_key, secagg.signed_digest(request))
+    messages = [_query(ctx, node_of[s], wire.STAGE_UNMASK, {wire.SURVIVORS: survivors, wire.DROPOUTS: dropouts,
+                                                              wire.ROSTER_SIGNATURE: signature}) for s in survivors]
+    seed_shares: dict[str, list[bytes]] = {}
+    key_shares: dict[str, list[bytes]] = {}
+    for reply in _usable(ctx, send(ctx, messages, "masked unmask"), "unmask", node_of):
+        site, rec = _site_record(reply)
+        try:
+            seeds = dict(zip([str(o) for o in rec[wire.SEED_OWNERS]], [bytes(b) for b in rec[wire.SEED_SHARES]],
+                             strict=True))
+            keys = dict(zip([str(o) for o in rec[wire.KEY_OWNERS]], [bytes(b) for b in rec[wire.KEY_SHARES]],
+                            strict=True))
+            masking.check_message(bytes(rec[wire.MASKED_TAG]), key(site), secagg.REVEAL,
+                                  *secagg.reveal_fields(roster.context, site, seeds, keys))
+        except (KeyError, TypeError, ValueError, FedSealError) as exc:
+            ctx.recorder.audit("shares_rejected", round=ctx.server_round, client=site, reason=str(exc))
+            continue
+        for owner, share in seeds.items():
+            if owner in masked:
+                seed_shares.setdefault(owner, []).append(share)
+        for owner, share in keys.items():
+            if owner in dropouts:
+                key_shares.setdefault(owner, []).append(share)
+        result.bytes_up += sum(map(len, seeds.values())) + sum(map(len, keys.values()))
+    try:
+        unmasked = secagg.unmask(roster, masked, partners, seed_shares, key_shares,
+                                 {s: out.commitment for s, out in shares.items()}, dropouts)
+    except secagg.ProtocolError as exc:
+        _skip(ctx, result, str(exc))
+        return result
+    names = sorted(ctx.spec)
+    base = masking.flatten(ctx.base, names)
+    result.arrays = masking.unflatten((base + unmasked.mean).astype(np.float32), ctx.spec)
+    result.used = survivors
+    return result
+
+
+def _skip(ctx: RoundContext, result: RoundResult, reason: str) -> None:
+    """The round cannot be unmasked: audit it; the global model stays as it was."""
+    ctx.recorder.audit("round_skipped", round=ctx.server_round, accepted=len(result.used), reason=reason)
+    log(WARNING, "Round %d skipped: %s; the global model stays as it was", ctx.server_round, reason)
+    result.used = []
+
+
+def _query(ctx: RoundContext, node_id: int, stage: str, extra: dict | None = None) -> Message:
+    config = {wire.MASKED_STAGE: stage, wire.SERVER_ROUND: ctx.server_round, wire.RUN_NAME: ctx.run_name,
+              **{k: v for k, v in ctx.config.items() if k == wire.SIM_KEYS_DIR}, **(extra or {})}
+    return message(ctx, node_id, wire.MASKED_QUERY, RecordDict({wire.CONFIG: ConfigRecord(config)}))
+
+
+def _usable(ctx: RoundContext, replies: list[Message], stage: str,
+            node_of: dict[str, int] | None = None) -> list[Message]:
+    """Replies that are not errors and, after setup, come from the node the site advertised from.
+    A site whose reply is an error (it failed or vanished) is audited `site_dropped`: from then on
+    it is a dropout of the round."""
+    out = []
+    sites = {nid: s for s, nid in (node_of or {}).items()}
+    for reply in replies:
+        nid = reply.metadata.src_node_id
+        if reply.has_error():
+            site = sites.get(nid, f"node-{nid}")
+            ctx.recorder.audit("site_dropped", round=ctx.server_round, client=site, stage=stage,
+                               reason=reply.error.reason[-300:])
+            log(WARNING, "Round %d (%s): site %s dropped out: %s", ctx.server_round, stage, site,
+                reply.error.reason.strip().splitlines()[-1] if reply.error.reason.strip() else "error")
+            continue
+        claimed = _site_record(reply)[0] if wire.MASKED in reply.content else site_of(reply)
+        if node_of is not None and node_of.get(claimed) != nid:
+            ctx.recorder.audit("update_rejected", round=ctx.server_round, client=claimed, stage=stage,
+                               reason=f"reply from node {nid}, not the node site {claimed} set up from")
+            continue
+        out.append(reply)
+    return out
+
+
+def _site_record(reply: Message) -> tuple[str, ConfigRecord]:
+    rec = reply.content.get(wire.MASKED)
+    site = site_of(reply) if not isinstance(rec, ConfigRecord) else str(rec.get(wire.CLIENT_ID, site_of(reply)))
+    return site, rec if isinstance(rec, ConfigRecord) else ConfigRecord({})
+
+
+def _check_upload(reply: Message, site: str, size: int, key: bytes, roster: secagg.Roster,
+                  result: RoundResult) -> tuple[np.ndarray, tuple[str, ...]] | str:
+    """The site's masked vector and partner list after every check, or why it is rejected."""
+    vec_rec, rec = reply.content.get(wire.MASKED_VECTOR), reply.content.get(wire.MASKED)
+    if not isinstance(vec_rec, ArrayRecord) or wire.VECTOR not in vec_rec or not isinstance(rec, ConfigRecord):
+        return f"no masked vector ({wire.MASKED_VECTOR!r}) or seal record ({wire.MASKED!r})"
+    array = vec_rec[wire.VECTOR]
+    result.bytes_up += payload_bytes(vec_rec)
+    if array.dtype != "uint32" or tuple(array.shape) != (size,):
+        return f"masked vector must be uint32 of shape ({size},), got {array.dtype} {tuple(array.shape)}"
+    vector = array.numpy()
+    try:
+        seal, tag = bytes(rec[wire.SEAL]), bytes(rec[wire.MASKED_TAG])
+        partners = tuple(str(p) for p in rec[wire.PARTNERS])
+        result.bytes_up += len(seal)
+        masking.check_chunks(vector, seal, key)
+        masking.check_message(tag, key, secagg.MASKED, *secagg.upload_fields(roster.context, site, size, partners))
+    except masking.MaskSealError as exc:
+        return exc.reason
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"malformed seal record: {exc}"
+    if not set(partners) <= set(roster.neighbours.get(site, ())):
+        return f"pairwise partners {list(partners)} are not all its neighbours"
+    return vector, partners
