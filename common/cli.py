@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_data.register(sub)
     from common import cli_report; cli_report.register(sub)  # noqa: E702
+    from common import cli_certs; cli_certs.register(sub)  # noqa: E702
     from server import cli_simulate  # needs Flower, so it lives outside common/
 
     cli_simulate.register(sub)

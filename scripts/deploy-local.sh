@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# A complete secured FedSeal federation on 127.0.0.1 (Flower Deployment Engine): CA and TLS
+# certificates, federation keys, SuperNode authentication keys, a SuperLink with TLS,
+# --enable-supernode-auth, --isolation process and a SuperExec secret, N SuperNodes with their own
+# data CSV and key folder in node config, one `flwr run`; every process it started is stopped by
+# PID at the end, on failure and on Ctrl-C. The work is done by server/deploy_local.py.
+# Usage: scripts/deploy-local.sh [--mode none|he|masked] [--clients N] [--rounds R] [--help]
+source "$(dirname "$0")/_venv.sh"
+ensure_venv ""
+cd "$ROOT"
+exec "$VENV/bin/python" -m server.deploy_local "$@"

@@ -1,0 +1,528 @@
+"""A complete secured FedSeal federation on 127.0.0.1 with Flower's Deployment Engine.
+
+What a coordinator and N sites would run on N + 1 machines, here on one (`scripts/deploy-local.sh`):
+
+- coordinator: a CA and a server certificate (`fedseal certs tls`), the federation keys
+  (`fedseal keys init`), a SuperExec secret; `flower-superlink` with TLS,
+  `--enable-supernode-auth`, `--isolation process` and `--superexec-auth-secret-file`, plus the
+  `flower-superexec` that claims its ServerApp tasks with that secret; `flwr supernode register`
+  for each site's public key; `flwr run` with the run config.
+- each site: its authentication key pair (`fedseal certs node-key`), its data CSV, its key folder
+  (`DIR/clients/<id>`), its own SuperExec secret; `flower-supernode` with `--root-certificates`,
+  its private key, `--isolation process` and node config `data-path`, `keys-dir`, `client-id`,
+  plus its own `flower-superexec` for its ClientApp tasks.
+
+The server gets no site's path or data: data and keys reach a site's ClientApp only through
+that site's node config. Every process is started in its own session and stopped by PID
+(`common.processes.stop_session`), whatever ends the deployment. Every command is also written
+to `DIR/commands.txt`, one role per block, to copy to real machines. No Flower import here:
+this module only runs Flower's command-line programs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from common import certs, records
+from common.data import dataset_info, partition_indices, train_test_indices
+from common.errors import FedSealError, InputError
+from common.keys import client_dir, init_federation
+from common.processes import start_in_new_session, stop_session
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CONNECTION = "fedseal-local"  # the SuperLink connection name in the coordinator's FLWR_HOME
+LABEL_COLUMN = "label"
+STARTUP_TIMEOUT = 90.0
+POLL = 0.5
+
+
+class DeployError(FedSealError):
+    """A part of the deployment failed (exit status 1); the message names its log."""
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 right now (bound together, then released)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def write_site_csvs(dataset: str, sites: int, partition: str, seed: int, paths: list[Path]) -> list[int]:
+    """Write site i's share of the dataset's training split to `paths[i]`; return the row counts.
+
+    The shares are exactly the simulation's partitions (`common.data.load_partition(dataset, i,
+    sites, partition, seed)`), written in the dataset's own units with its feature names and the
+    label in column `label`: what a site really holds. Each site standardizes its own file.
+    """
+    from sklearn import datasets  # lazily: slow to import
+
+    info = dataset_info(dataset)
+    bunch = datasets.load_breast_cancer() if dataset == "breast-cancer" else datasets.load_digits()
+    x, y = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
+    train, _ = train_test_indices(y)
+    names = [str(n).replace(" ", "_") for n in bunch.feature_names]
+    assert len(names) == info.n_features
+    counts = []
+    for path, part in zip(paths, partition_indices(y[train], sites, partition, seed)):
+        rows = train[part]
+        with path.open("w", encoding="utf-8") as fh:
+            fh.write(",".join([*names, LABEL_COLUMN]) + "\n")
+            for features, label in zip(x[rows], y[rows]):
+                fh.write(",".join([*(repr(float(v)) for v in features), str(int(label))]) + "\n")
+        counts.append(len(rows))
+    return counts
+
+
+def _toml_str(value: str | Path) -> str:
+    text = str(value)
+    if any(ch in text for ch in '"\\\n'):
+        raise InputError(f"path {text!r} must not contain quotes, backslashes or newlines")
+    return f'"{text}"'
+
+
+@dataclass
+class Proc:
+    """A process the deployment started: its role, Popen handle and log file."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    expected_exit: bool = False  # killed on purpose (a test) or a one-shot command
+
+    def tail(self, lines: int = 25) -> str:
+        """The last lines of its log."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Site:
+    """One site (SuperNode): its id, folder, ports and files."""
+
+    id: str
+    folder: Path
+    keys_dir: Path
+    port: int  # its SuperNode's runtime API (127.0.0.1 only), where its SuperExec connects
+    node_id: int | None = None
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "site.csv"
+
+    @property
+    def auth_key(self) -> Path:
+        return self.folder / certs.NODE_KEY
+
+    @property
+    def auth_pub(self) -> Path:
+        return self.folder / certs.NODE_PUB
+
+    @property
+    def secret(self) -> Path:
+        return self.folder / "superexec.secret"
+
+    def node_config(self) -> str:
+        """Its node config: where its data and keys are, and its id (the server learns none of it)."""
+        return (f"data-path={_toml_str(self.data)} label-column={_toml_str(LABEL_COLUMN)} "
+                f"keys-dir={_toml_str(self.keys_dir)} client-id={_toml_str(self.id)}")
+
+
+@dataclass
+class RunHandle:
+    """A `flwr run` in progress: its run folder and the streaming `flwr run` process."""
+
+    folder: Path
+    proc: Proc
+    started: float
+
+
+class Deployment:
+    """A SuperLink and N SuperNodes on 127.0.0.1 in folder `root` (see the module docstring).
+
+    Use as a context manager, or call `stop()`: it stops every process started, by PID.
+    Layout: `coordinator/` (tls/, superexec.secret, flwr-home/, logs), `keys/` (from `fedseal
+    keys init`: server/ stays with the coordinator, clients/<id>/ goes to site <id>),
+    `sites/<id>/` (site.csv, auth.key, auth.pub, superexec.secret, flwr-home/, logs),
+    `runs/<name>/` (run folders), `commands.txt`.
+    """
+
+    def __init__(self, root: str | Path, clients: int, *, dataset: str = "breast-cancer",
+                 partition: str = "iid", seed: int = 0, say=print) -> None:
+        if isinstance(clients, bool) or not isinstance(clients, int) or clients < 2:
+            raise InputError(f"--clients must be a whole number >= 2, got {clients!r}")
+        dataset_info(dataset)
+        self.root = Path(root).resolve()
+        _toml_str(self.root)
+        self.clients, self.dataset, self.partition, self.seed, self.say = clients, dataset, partition, seed, say
+        self.coordinator = self.root / "coordinator"
+        self.tls = self.coordinator / "tls"
+        self.keys = self.root / "keys"
+        self.procs: list[Proc] = []
+        self.port = 0
+        self.sites: list[Site] = []
+
+    # --- context manager -------------------------------------------------------------------
+
+    def __enter__(self) -> "Deployment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- files ----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Make every credential, key and data file (nothing runs yet). The folder must be new or empty."""
+        if self.root.exists() and any(self.root.iterdir()):
+            raise InputError(f"{self.root} exists and is not empty; choose a new deployment folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(self.clients + 1)
+        self.port = ports[0]
+        self.coordinator.mkdir()
+        certs.make_tls(self.tls, ("127.0.0.1", "localhost"))
+        certs.make_secret(self.coordinator / "superexec.secret")
+        init_federation(self.keys, self.clients)
+        self.sites = [Site(str(i), self.root / "sites" / str(i), client_dir(self.keys, str(i)), ports[i + 1])
+                      for i in range(self.clients)]
+        for site in self.sites:
+            certs.make_node_key(site.folder, comment=f"site-{site.id}")
+            certs.make_secret(site.secret)
+            (site.folder / "flwr-home").mkdir()
+        counts = write_site_csvs(self.dataset, self.clients, self.partition, self.seed, [s.data for s in self.sites])
+        home = self.coordinator / "flwr-home"
+        home.mkdir()
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\nroot-certificates = {_toml_str(self.tls / certs.CA_CERT)}\n',
+            encoding="utf-8")
+        (self.root / "runs").mkdir()
+        self.say(f"credentials, keys and site data in {self.root} (rows per site: {counts})")
+
+    # --- processes ------------------------------------------------------------------------
+
+    def _env(self, home: Path) -> dict[str, str]:
+        return dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                    FLWR_TELEMETRY_ENABLED="0", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                    PYTHONUNBUFFERED="1")
+
+    def _note(self, role: str, cmd: list[str]) -> None:
+        with (self.root / "commands.txt").open("a", encoding="utf-8") as fh:
+            fh.write(f"# {role}\n{subprocess.list2cmdline(cmd)}\n\n")
+
+    def _spawn(self, name: str, role: str, cmd: list[str], home: Path, log: Path) -> Proc:
+        self._note(role, cmd)
+        with log.open("ab") as out:
+            popen = start_in_new_session(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=self._env(home), cwd=self.root)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def _flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run a one-shot `flwr` command as the coordinator; raise DeployError if it fails."""
+        cmd = [str(BIN / "flwr"), *args]
+        self._note("coordinator", cmd)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                                  env=self._env(self.coordinator / "flwr-home"), stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise DeployError(f"`flwr {args[0]} {args[1] if len(args) > 1 else ''}` did not finish in {timeout:.0f} s")
+        if done.returncode != 0:
+            raise DeployError(f"`flwr {' '.join(args[:2])}` failed ({done.returncode}): "
+                              f"{(done.stdout + done.stderr).strip()[-1500:]}")
+        return done
+
+    def check_alive(self) -> None:
+        """Raise DeployError naming the first started process that exited unexpectedly, with its log."""
+        for proc in self.procs:
+            if not proc.expected_exit and proc.popen.poll() is not None:
+                raise DeployError(f"{proc.name} exited with status {proc.popen.returncode}; "
+                                  f"its log {proc.log} ends:\n{proc.tail()}")
+
+    def health(self) -> bool:
+        """True when the SuperLink answers GET /health over TLS (trusting only our CA)."""
+        context = ssl.create_default_context(cafile=str(self.tls / certs.CA_CERT))
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/health", timeout=2, context=context) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _wait(self, what: str, ready, timeout: float = STARTUP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise DeployError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(POLL)
+
+    def start_superlink(self) -> None:
+        """Start the SuperLink (TLS, node auth, process isolation, SuperExec secret) and its SuperExec."""
+        tls, secret = self.tls, self.coordinator / "superexec.secret"
+        home = self.coordinator / "flwr-home"
+        self._spawn("SuperLink", "coordinator: the SuperLink (opens port %d to the sites)" % self.port, [
+            str(BIN / "flower-superlink"),
+            "--ssl-ca-certfile", str(tls / certs.CA_CERT), "--ssl-certfile", str(tls / certs.SERVER_CERT),
+            "--ssl-keyfile", str(tls / certs.SERVER_KEY),
+            "--enable-supernode-auth", "--isolation", "process", "--superexec-auth-secret-file", str(secret),
+            "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.port),
+        ], home, self.coordinator / "superlink.log")
+        self._wait(f"the SuperLink's /health on 127.0.0.1:{self.port}", self.health)
+        self._spawn("SuperLink's SuperExec", "coordinator: the SuperExec that runs the ServerApp", [
+            str(BIN / "flower-superexec"), "--runtime-api-address", f"127.0.0.1:{self.port}",
+            "--root-certificates", str(tls / certs.CA_CERT), "--superexec-auth-secret-file", str(secret),
+        ], home, self.coordinator / "superexec.log")
+        self.say(f"SuperLink on https://127.0.0.1:{self.port} (TLS, SuperNode auth, process isolation)")
+
+    def register(self, site: Site) -> int:
+        """`flwr supernode register` the site's public key; return the node id the SuperLink gave it."""
+        done = self._flwr("supernode", "register", str(site.auth_pub), CONNECTION, "--name", f"site-{site.id}",
+                          "--format", "json")
+        try:
+            site.node_id = int(json.loads(done.stdout[done.stdout.index("{"):])["node-id"])
+        except (ValueError, KeyError) as exc:
+            raise DeployError(f"unexpected answer from `flwr supernode register`: {done.stdout[-500:]}") from exc
+        return site.node_id
+
+    def start_site(self, site: Site, *, auth_key: Path | None = None) -> None:
+        """Start the site's SuperNode (its node config, TLS trusting our CA, its auth key) and its SuperExec."""
+        home = site.folder / "flwr-home"
+        role = f"site {site.id}"
+        node = self._spawn(f"SuperNode {site.id}", f"{role}: the SuperNode (connects out to the SuperLink)", [
+            str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
+            "--root-certificates", str(self.tls / certs.CA_CERT),
+            "--auth-supernode-private-key", str(auth_key or site.auth_key),
+            "--node-config", site.node_config(),
+            "--isolation", "process", "--superexec-auth-secret-file", str(site.secret),
+            "--host", "127.0.0.1", "--port", str(site.port),
+        ], home, site.folder / "supernode.log")
+        execu = self._spawn(f"SuperNode {site.id}'s SuperExec", f"{role}: the SuperExec that runs the ClientApp", [
+            str(BIN / "flower-superexec"), "--runtime-api-address", f"127.0.0.1:{site.port}", "--insecure",
+            "--superexec-auth-secret-file", str(site.secret),
+        ], home, site.folder / "superexec.log")
+        site.procs = [node, execu]
+
+    def nodes(self) -> dict[int, str]:
+        """{node id: status} as the SuperLink lists them (`flwr supernode list`)."""
+        done = self._flwr("supernode", "list", CONNECTION, "--format", "json")
+        listed = json.loads(done.stdout[done.stdout.index("{"):]).get("nodes", [])
+        return {int(n["node-id"]): str(n["status"]) for n in listed}
+
+    def start(self) -> None:
+        """Start the SuperLink, register and start every site, wait until every site is online."""
+        self.start_superlink()
+        for site in self.sites:
+            self.register(site)
+        for site in self.sites:
+            self.start_site(site)
+        self._wait("every SuperNode to connect", lambda: all(
+            "SuperNode ID:" in _read(s.folder / "supernode.log") for s in self.sites))
+        self._wait("every SuperNode to be online", lambda: all(
+            self.nodes().get(s.node_id) == "online" for s in self.sites), timeout=30)
+        self.say(f"{len(self.sites)} SuperNodes online: " + ", ".join(f"site {s.id} = node {s.node_id}"
+                                                                     for s in self.sites))
+
+    def kill_site(self, site: Site) -> None:
+        """Kill a site's SuperNode and SuperExec at once (SIGKILL), as a crashed machine would go."""
+        for proc in site.procs:
+            proc.expected_exit = True
+            stop_session(proc.popen, grace=0.0)
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def start_run(self, name: str, run_config: dict[str, object]) -> RunHandle:
+        """Submit a run with `flwr run` (streaming its log); its run folder is runs/<name>."""
+        folder = self.root / "runs" / name
+        if folder.exists():
+            raise InputError(f"run folder {folder} exists already")
+        config = {"out-dir": str(folder), "keys-dir": str(self.keys), **run_config}
+        pairs = " ".join(f"{key}={_toml_value(value)}" for key, value in config.items())
+        cmd = [str(BIN / "flwr"), "run", str(ROOT), CONNECTION, "--stream", "--run-config", pairs]
+        log = self.coordinator / f"flwr-run-{name}.log"
+        proc = self._spawn(f"flwr run {name}", "coordinator: submit the run", cmd,
+                           self.coordinator / "flwr-home", log)
+        proc.expected_exit = True
+        return RunHandle(folder, proc, time.monotonic())
+
+    def wait_run(self, handle: RunHandle, timeout: float = 900.0) -> dict:
+        """Wait until the run folder has summary.json; return it. Raise DeployError if the run
+        ends without one, a deployment process dies, or `timeout` seconds pass."""
+        summary = handle.folder / records.SUMMARY
+        deadline = handle.started + timeout
+        ended_at = None
+        while not summary.exists():
+            self.check_alive()
+            if ended_at is None and handle.proc.popen.poll() is not None:
+                ended_at = time.monotonic()  # the stream ends with the run: give the file a moment
+            if ended_at is not None and time.monotonic() - ended_at > 10:
+                raise DeployError(f"the run ended without {summary}; `flwr run` log {handle.proc.log} ends:\n"
+                                  f"{handle.proc.tail(40)}")
+            if time.monotonic() > deadline:
+                raise DeployError(f"no {summary} after {timeout:.0f} s; `flwr run` log: {handle.proc.log}")
+            time.sleep(POLL)
+        return json.loads(summary.read_text())  # written atomically by the server
+
+    def stop(self) -> None:
+        """Stop every process this deployment started, newest first, by PID (SIGTERM, then SIGKILL).
+
+        Ctrl-C and SIGTERM are held off meanwhile (in the main thread), so a second Ctrl-C
+        cannot leave a process behind.
+        """
+        held = _hold_signals()
+        try:
+            while self.procs:
+                proc = self.procs.pop()
+                stop_session(proc.popen, grace=5.0)
+        finally:
+            _restore_signals(held)
+
+
+def _hold_signals() -> dict:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(held: dict) -> None:
+    for sig, handler in held.items():
+        signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return _toml_str(str(value))
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _modes() -> tuple[str, ...]:
+    from common.settings import SECURE_MODES
+
+    return tuple(SECURE_MODES)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of scripts/deploy-local.sh."""
+    p = argparse.ArgumentParser(
+        prog="deploy-local.sh",
+        description="Run a complete secured FedSeal federation on 127.0.0.1 with Flower's Deployment Engine: "
+        "a CA and TLS certificates, the federation keys, SuperNode authentication keys, one SuperLink (TLS, "
+        "--enable-supernode-auth, --isolation process, SuperExec secret) and N SuperNodes, each with its own "
+        "data CSV and key folder in its node config; one `flwr run`; every process stopped by PID at the end "
+        "(also on failure or Ctrl-C). DIR/commands.txt lists every command by machine.",
+    )
+    p.add_argument("--mode", default="none", choices=_modes(),
+                   help="secure mode, run-config secure-mode (default: %(default)s)")
+    p.add_argument("--clients", type=int, default=3, metavar="N", help="sites (SuperNodes), >= 2 (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=2, metavar="R", help="federated rounds, >= 1 (default: %(default)s)")
+    p.add_argument("--min-clients", type=int, default=None, metavar="M",
+                   help="fewest accepted replies that update the model (default: N)")
+    p.add_argument("--dataset", default="breast-cancer", choices=("breast-cancer", "digits"),
+                   help="bundled dataset cut into the site CSVs (default: %(default)s)")
+    p.add_argument("--partition", default="iid",
+                   help="iid or dirichlet:ALPHA, as in fedseal simulate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the partition and the run (default: %(default)s)")
+    p.add_argument("--run-config", default="", metavar="'K=V ...'",
+                   help="more run-config pairs, e.g. 'local-epochs=3 round-timeout=30'")
+    p.add_argument("--dir", default=None, metavar="DIR",
+                   help="deployment folder, new or empty (default: runs/deploy-<timestamp>)")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds to wait for the run to finish (default: %(default)s)")
+    return p
+
+
+def _parse_pairs(text: str) -> dict[str, object]:
+    import tomllib
+
+    try:
+        return dict(tomllib.loads("\n".join(text.split())))
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"--run-config {text!r}: not KEY=VALUE pairs in TOML syntax ({exc})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of scripts/deploy-local.sh: exit 0 on success, 1 if the run failed, 2 on bad usage."""
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops the deployment like Ctrl-C
+    try:
+        if args.clients < 2:
+            raise InputError(f"--clients must be at least 2, got {args.clients}")
+        if args.rounds < 1:
+            raise InputError(f"--rounds must be at least 1, got {args.rounds}")
+        min_clients = args.clients if args.min_clients is None else args.min_clients
+        if not 1 <= min_clients <= args.clients:
+            raise InputError(f"--min-clients must be between 1 and --clients ({args.clients}), got {min_clients}")
+        from common.data import parse_partition
+
+        parse_partition(args.partition)
+        extra = _parse_pairs(args.run_config)
+        folder = Path(args.dir or ROOT / "runs" / f"deploy-{datetime.now():%Y%m%d-%H%M%S}")
+        say = lambda text: print(f"deploy-local: {text}", flush=True)  # noqa: E731
+        started = time.monotonic()
+        with Deployment(folder, args.clients, dataset=args.dataset, partition=args.partition, seed=args.seed,
+                        say=say) as dep:
+            dep.prepare()
+            dep.start()
+            config = {"secure-mode": args.mode, "num-rounds": args.rounds, "min-clients": min_clients,
+                      "dataset": args.dataset, "seed": args.seed, "partition": args.partition, **extra}
+            handle = dep.start_run(f"{args.mode}-{args.clients}x{args.rounds}", config)
+            say(f"flwr run submitted (secure-mode {args.mode}, {args.rounds} rounds); log {handle.proc.log}")
+            summary = dep.wait_run(handle, timeout=args.timeout)
+            say("stopping every process")
+        print(f"final accuracy {summary['final_accuracy']:.4f}   centralized {summary['centralized_accuracy']:.4f}")
+        print(f"Run folder: {handle.folder}")
+        print(f"Deployment folder: {folder} ({time.monotonic() - started:.0f} s)")
+        return 0
+    except FedSealError as exc:
+        print(f"deploy-local: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("deploy-local: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
