@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,41 +94,20 @@ def bench_none(w: Workload, repeat: int, workers: int) -> dict:
     return row(w, 4 * w.params, client_s, server_s, 0.0, mean)
 
 
-def _encrypt_part(args: tuple) -> list[bytes]:
-    part, weight, secret = args
-    return he.encrypt(part, weight, secret)
-
-
-def he_encrypt(vector: np.ndarray, weight: float, secret: bytes, pool: ProcessPoolExecutor | None,
-               workers: int) -> list[bytes]:
-    """he.encrypt, split at chunk boundaries over `workers` processes (same ciphertext list)."""
-    if pool is None:
-        return he.encrypt(vector, weight, secret)
-    per = -(-he.n_chunks(vector.size) // workers) * he.CHUNK
-    parts = [(vector[i:i + per], weight, secret) for i in range(0, vector.size, per)]
-    return [c for chunks in pool.map(_encrypt_part, parts) for c in chunks]
-
-
 def bench_he(w: Workload, repeat: int, workers: int) -> dict:
     """common/he.py as FedSeal's he mode runs it: encrypt n x delta, seal chunks; check, add;
     blind, one site decrypts, the server unblinds."""
     secret, public = he.make_keys()
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
-    try:
-        if pool is not None:
-            list(pool.map(_encrypt_part, [(w.deltas[0][:4], 1.0, secret)] * workers))  # start the workers
+    he.encrypt(w.deltas[0][:he.PARALLEL_MIN_CHUNKS * he.CHUNK], 1.0, secret, workers=workers)  # start workers
 
-        def client(i: int) -> tuple[list[bytes], list[bytes]]:
-            chunks = he_encrypt(w.deltas[i], float(w.counts[i]), secret, pool, workers)
-            return chunks, seal_chunks(chunks, SEAL_KEY, RUN, 1, str(i), "he")
+    def client(i: int) -> tuple[list[bytes], list[bytes]]:
+        chunks = he.encrypt(w.deltas[i], float(w.counts[i]), secret, workers=workers)
+        return chunks, seal_chunks(chunks, SEAL_KEY, RUN, 1, str(i), "he")
 
-        client_s, uploads = float("inf"), []
-        for i in range(len(w.deltas)):
-            s, up = best(repeat, lambda: client(i))
-            client_s, uploads = min(client_s, s), uploads + [up]
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    client_s, uploads = float("inf"), []
+    for i in range(len(w.deltas)):
+        s, up = best(repeat, lambda: client(i))
+        client_s, uploads = min(client_s, s), uploads + [up]
     count = he.n_chunks(w.params)
 
     def ingest() -> he.Sum:

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
 import os
 import struct
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -226,8 +228,30 @@ def n_chunks(length: int) -> int:
     return max(1, math.ceil(length / CHUNK))
 
 
-def encrypt(vector: np.ndarray, weight: float, secret_ctx: bytes) -> list[bytes]:
-    """Seeded CKKS ciphertexts (one per 4096 reals, serialized by SEAL) of vector * weight."""
+PARALLEL_MIN_CHUNKS = 64  # below this many ciphertexts, starting worker processes costs more than it saves
+
+
+@functools.cache
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # fork: the workers inherit the loaded SEAL module; they only ever run `encrypt`
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+
+def _encrypt_part(args: tuple) -> list[bytes]:
+    part, weight, secret_ctx = args
+    return encrypt(part, weight, secret_ctx)
+
+
+def encrypt(vector: np.ndarray, weight: float, secret_ctx: bytes, *, workers: int = 1) -> list[bytes]:
+    """Seeded CKKS ciphertexts (one per 4096 reals, serialized by SEAL) of vector * weight.
+
+    With `workers` > 1 and a vector of at least PARALLEL_MIN_CHUNKS ciphertexts, the chunks are
+    encrypted by that many worker processes (kept for later calls); the result is the same list."""
+    x = np.asarray(vector)
+    if workers > 1 and x.ndim == 1 and n_chunks(x.size) >= PARALLEL_MIN_CHUNKS:
+        per = -(-n_chunks(x.size) // workers) * CHUNK
+        parts = [(x[i:i + per], weight, secret_ctx) for i in range(0, x.size, per)]
+        return [c for chunks in _pool(workers).map(_encrypt_part, parts) for c in chunks]
     ctx = _secret(secret_ctx)
     x = np.asarray(vector)
     if x.ndim != 1 or x.size == 0:

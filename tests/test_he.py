@@ -205,3 +205,12 @@ def test_sum_skips_a_bad_site_and_keeps_the_rest(keys, other_keys):
     assert total.sites == 2
     out = he.decrypt(total.ciphertexts(), secret, 9)
     assert np.max(np.abs(out - 3.0 * x)) < 1e-6
+
+
+def test_parallel_encryption_decrypts_to_the_same_vector(keys):
+    secret, public = keys
+    x = np.random.default_rng(3).normal(0, 0.1, he.PARALLEL_MIN_CHUNKS * he.CHUNK + 5).astype(np.float32)
+    cts = he.encrypt(x, 2.0, secret, workers=2)
+    assert len(cts) == he.n_chunks(x.size)
+    out = he.decrypt(he.add([cts], public), secret, x.size)
+    assert np.max(np.abs(out - 2.0 * x)) < 1e-6
