@@ -158,11 +158,20 @@ def bench_tenseal_default(w: Workload, repeat: int, workers: int) -> dict:
     return row(w, sum(map(len, uploads[0])), client_s, server_s, final_s, total[:w.params] / w.counts.sum())
 
 
-# mode name -> bench function(workload, repeat, workers) -> row; the masked mode registers its rows here
+def bench_masked_mode(w: Workload, repeat: int, workers: int) -> dict:
+    """FedSeal's masked mode (common/bench_masked.py: SecAgg+ stages, AES-CTR masks, uint32, chunk seals)."""
+    from common.bench_masked import row_masked
+
+    return row_masked(w, repeat, workers)
+
+
+# mode name -> bench function(workload, repeat, workers) -> row; Flower's SecAgg+ baseline
+# (server/bench_secaggplus.py, it imports Flower) is added by the CLI as "secaggplus_flwr"
 ROWS: dict[str, Callable[[Workload, int, int], dict]] = {
     "none": bench_none,
     "he": bench_he,
     "tenseal_default": bench_tenseal_default,
+    "masked": bench_masked_mode,
 }
 
 

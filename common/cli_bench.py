@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def bench_secure(args: argparse.Namespace) -> int:
     """`fedseal bench secure`."""
     from common import bench_secure as bench
+    from server.bench_secaggplus import row_secaggplus_flwr  # Flower's SecAgg+ baseline (imports Flower)
 
+    bench.ROWS.setdefault("secaggplus_flwr", row_secaggplus_flwr)
     if args.params < 1000:
         raise InputError(f"--params must be at least 1000, got {args.params}")
     if not 1 <= args.clients <= he_max_sites():
