@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -54,6 +55,10 @@ POLL = 0.5
 
 class DeployError(FedSealError):
     """A part of the deployment failed (exit status 1); the message names its log."""
+
+
+class RunFailed(DeployError):
+    """One run ended without summary.json (or was stopped after its timeout); the deployment is fine."""
 
 
 def free_ports(count: int) -> list[int]:
@@ -246,16 +251,34 @@ class Deployment:
 
     def _flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run a one-shot `flwr` command as the coordinator; raise DeployError if it fails."""
-        cmd = [str(BIN / "flwr"), *args]
-        self._note("coordinator", cmd)
+        return self._flwr_many([list(args)], timeout=timeout)[0]
+
+    def _flwr_many(self, commands: list[list[str]], timeout: float = 60.0) -> list[subprocess.CompletedProcess]:
+        """Run several one-shot `flwr` commands at once (each costs seconds of CPU to start);
+        raise DeployError naming the first that failed."""
+        running = []
+        for args in commands:
+            cmd = [str(BIN / "flwr"), *args]
+            self._note("coordinator", cmd)
+            running.append((args, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                   cwd=ROOT, env=self._env(self.coordinator / "flwr-home"),
+                                                   stdin=subprocess.DEVNULL)))
+        done = []
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                                  env=self._env(self.coordinator / "flwr-home"), stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise DeployError(f"`flwr {args[0]} {args[1] if len(args) > 1 else ''}` did not finish in {timeout:.0f} s")
-        if done.returncode != 0:
-            raise DeployError(f"`flwr {' '.join(args[:2])}` failed ({done.returncode}): "
-                              f"{(done.stdout + done.stderr).strip()[-1500:]}")
+            for args, popen in running:
+                what = f"`flwr {' '.join(args[:2])}`"
+                try:
+                    out, err = popen.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    raise DeployError(f"{what} did not finish in {timeout:.0f} s") from None
+                if popen.returncode != 0:
+                    raise DeployError(f"{what} failed ({popen.returncode}): {(out + err).strip()[-1500:]}")
+                done.append(subprocess.CompletedProcess(popen.args, popen.returncode, out, err))
+        finally:
+            for _, popen in running:
+                if popen.poll() is None:
+                    popen.kill()
+                    popen.wait()
         return done
 
     def check_alive(self) -> None:
@@ -300,15 +323,17 @@ class Deployment:
         ], home, self.coordinator / "superexec.log")
         self.say(f"SuperLink on https://127.0.0.1:{self.port} (TLS, SuperNode auth, process isolation)")
 
-    def register(self, site: Site) -> int:
-        """`flwr supernode register` the site's public key; return the node id the SuperLink gave it."""
-        done = self._flwr("supernode", "register", str(site.auth_pub), CONNECTION, "--name", f"site-{site.id}",
-                          "--format", "json")
-        try:
-            site.node_id = int(json.loads(done.stdout[done.stdout.index("{"):])["node-id"])
-        except (ValueError, KeyError) as exc:
-            raise DeployError(f"unexpected answer from `flwr supernode register`: {done.stdout[-500:]}") from exc
-        return site.node_id
+    def register(self, *sites: Site) -> list[int]:
+        """`flwr supernode register` each site's public key (all at once); return the node ids
+        the SuperLink gave them (also kept in `site.node_id`)."""
+        answers = self._flwr_many([["supernode", "register", str(site.auth_pub), CONNECTION, "--name",
+                                    f"site-{site.id}", "--format", "json"] for site in sites])
+        for site, done in zip(sites, answers):
+            try:
+                site.node_id = int(json.loads(done.stdout[done.stdout.index("{"):])["node-id"])
+            except (ValueError, KeyError) as exc:
+                raise DeployError(f"unexpected answer from `flwr supernode register`: {done.stdout[-500:]}") from exc
+        return [site.node_id for site in sites]
 
     def start_site(self, site: Site, *, auth_key: Path | None = None) -> None:
         """Start the site's SuperNode (its node config, TLS trusting our CA, its auth key) and its SuperExec."""
@@ -337,8 +362,7 @@ class Deployment:
     def start(self) -> None:
         """Start the SuperLink, register and start every site, wait until every site is online."""
         self.start_superlink()
-        for site in self.sites:
-            self.register(site)
+        self.register(*self.sites)
         for site in self.sites:
             self.start_site(site)
         self._wait("every SuperNode to connect", lambda: all(
@@ -381,12 +405,27 @@ class Deployment:
             if ended_at is None and handle.proc.popen.poll() is not None:
                 ended_at = time.monotonic()  # the stream ends with the run: give the file a moment
             if ended_at is not None and time.monotonic() - ended_at > 10:
-                raise DeployError(f"the run ended without {summary}; `flwr run` log {handle.proc.log} ends:\n"
-                                  f"{handle.proc.tail(40)}")
+                raise RunFailed(f"the run ended without {summary}; `flwr run` log {handle.proc.log} ends:\n"
+                                f"{handle.proc.tail(40)}")
             if time.monotonic() > deadline:
-                raise DeployError(f"no {summary} after {timeout:.0f} s; `flwr run` log: {handle.proc.log}")
+                self.stop_run(handle)
+                raise RunFailed(f"no {summary} after {timeout:.0f} s, run stopped; `flwr run` log: {handle.proc.log}")
             time.sleep(POLL)
         return json.loads(summary.read_text())  # written atomically by the server
+
+    def run_id(self, handle: RunHandle) -> int | None:
+        """The run id `flwr run` printed, if it did."""
+        match = re.search(r"started run (\d+)", _read(handle.proc.log))
+        return int(match.group(1)) if match else None
+
+    def stop_run(self, handle: RunHandle) -> None:
+        """Ask the SuperLink to stop the run (`flwr stop`), so the next one does not queue behind it."""
+        if (run_id := self.run_id(handle)) is not None:
+            try:
+                self._flwr("stop", str(run_id), CONNECTION)
+            except DeployError as exc:
+                self.say(f"could not stop run {run_id}: {exc}")
+        stop_session(handle.proc.popen, grace=2.0)
 
     def stop(self) -> None:
         """Stop every process this deployment started, newest first, by PID (SIGTERM, then SIGKILL).
@@ -454,8 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
         "data CSV and key folder in its node config; one `flwr run`; every process stopped by PID at the end "
         "(also on failure or Ctrl-C). DIR/commands.txt lists every command by machine.",
     )
-    p.add_argument("--mode", default="none", choices=_modes(),
-                   help="secure mode, run-config secure-mode (default: %(default)s)")
+    p.add_argument("--mode", default="none", metavar="|".join(_modes()),
+                   help="secure mode (run-config secure-mode); a comma-separated list or `all` runs one "
+                   "federation per mode on the same deployment (default: %(default)s)")
     p.add_argument("--clients", type=int, default=3, metavar="N", help="sites (SuperNodes), >= 2 (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=2, metavar="R", help="federated rounds, >= 1 (default: %(default)s)")
     p.add_argument("--min-clients", type=int, default=None, metavar="M",
@@ -483,11 +523,26 @@ def _parse_pairs(text: str) -> dict[str, object]:
         raise InputError(f"--run-config {text!r}: not KEY=VALUE pairs in TOML syntax ({exc})") from None
 
 
+def parse_modes(text: str) -> list[str]:
+    """`none`, `he,masked` or `all` -> the secure modes to run, each one that exists (InputError otherwise)."""
+    known = _modes()
+    modes = list(known) if text == "all" else [m.strip() for m in text.split(",")]
+    for mode in modes:
+        if mode not in known:
+            raise InputError(f"unknown --mode {mode!r}; choose from {', '.join(known)} (comma-separated), or all")
+    if len(set(modes)) != len(modes):
+        raise InputError(f"--mode {text!r} names a mode twice")
+    return modes
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of scripts/deploy-local.sh: exit 0 on success, 1 if the run failed, 2 on bad usage."""
+    """Entry point of scripts/deploy-local.sh: exit 0 when every run finished, 1 if one failed,
+    2 on bad usage, 130 on Ctrl-C or SIGTERM."""
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops the deployment like Ctrl-C
+    say = lambda text: print(f"deploy-local: {text}", flush=True)  # noqa: E731
     try:
+        modes = parse_modes(args.mode)
         if args.clients < 2:
             raise InputError(f"--clients must be at least 2, got {args.clients}")
         if args.rounds < 1:
@@ -500,22 +555,35 @@ def main(argv: list[str] | None = None) -> int:
         parse_partition(args.partition)
         extra = _parse_pairs(args.run_config)
         folder = Path(args.dir or ROOT / "runs" / f"deploy-{datetime.now():%Y%m%d-%H%M%S}")
-        say = lambda text: print(f"deploy-local: {text}", flush=True)  # noqa: E731
         started = time.monotonic()
+        results: list[tuple[str, Path, dict | None]] = []
         with Deployment(folder, args.clients, dataset=args.dataset, partition=args.partition, seed=args.seed,
                         say=say) as dep:
             dep.prepare()
             dep.start()
-            config = {"secure-mode": args.mode, "num-rounds": args.rounds, "min-clients": min_clients,
-                      "dataset": args.dataset, "seed": args.seed, "partition": args.partition, **extra}
-            handle = dep.start_run(f"{args.mode}-{args.clients}x{args.rounds}", config)
-            say(f"flwr run submitted (secure-mode {args.mode}, {args.rounds} rounds); log {handle.proc.log}")
-            summary = dep.wait_run(handle, timeout=args.timeout)
+            for mode in modes:
+                config = {"secure-mode": mode, "num-rounds": args.rounds, "min-clients": min_clients,
+                          "dataset": args.dataset, "seed": args.seed, "partition": args.partition, **extra}
+                handle = dep.start_run(f"{mode}-{args.clients}x{args.rounds}", config)
+                say(f"flwr run submitted (secure-mode {mode}, {args.rounds} rounds); log {handle.proc.log}")
+                try:
+                    summary = dep.wait_run(handle, timeout=args.timeout)
+                except RunFailed as exc:
+                    say(f"secure-mode {mode}: FAILED: {exc}")
+                    results.append((mode, handle.folder, None))
+                    continue
+                say(f"secure-mode {mode}: final accuracy {summary['final_accuracy']:.4f}, "
+                    f"centralized {summary['centralized_accuracy']:.4f}")
+                results.append((mode, handle.folder, summary))
             say("stopping every process")
-        print(f"final accuracy {summary['final_accuracy']:.4f}   centralized {summary['centralized_accuracy']:.4f}")
-        print(f"Run folder: {handle.folder}")
+        for mode, run_folder, summary in results:
+            if summary is None:
+                print(f"{mode:7s} FAILED (see {run_folder} and {folder / 'coordinator'})")
+            else:
+                print(f"{mode:7s} final accuracy {summary['final_accuracy']:.4f}   "
+                      f"centralized {summary['centralized_accuracy']:.4f}   Run folder: {run_folder}")
         print(f"Deployment folder: {folder} ({time.monotonic() - started:.0f} s)")
-        return 0
+        return 0 if all(summary is not None for *_, summary in results) else 1
     except FedSealError as exc:
         print(f"deploy-local: error: {exc}", file=sys.stderr)
         return exc.exit_code
