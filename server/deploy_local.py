@@ -43,7 +43,7 @@ from common import certs, records
 from common.data import dataset_info, partition_indices, train_test_indices
 from common.errors import FedSealError, InputError
 from common.keys import client_dir, init_federation
-from common.processes import start_in_new_session, stop_session
+from common.processes import session_members, start_in_new_session, stop_session
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -216,9 +216,7 @@ class Deployment:
         self.sites = [Site(str(i), self.root / "sites" / str(i), client_dir(self.keys, str(i)), ports[i + 1])
                       for i in range(self.clients)]
         for site in self.sites:
-            certs.make_node_key(site.folder, comment=f"site-{site.id}")
-            certs.make_secret(site.secret)
-            (site.folder / "flwr-home").mkdir()
+            _site_credentials(site)
         counts = write_site_csvs(self.dataset, self.clients, self.partition, self.seed, [s.data for s in self.sites])
         home = self.coordinator / "flwr-home"
         home.mkdir()
@@ -372,11 +370,27 @@ class Deployment:
         self.say(f"{len(self.sites)} SuperNodes online: " + ", ".join(f"site {s.id} = node {s.node_id}"
                                                                      for s in self.sites))
 
+    def new_site(self, site_id: str, keys_dir: Path) -> Site:
+        """A site folder with a fresh authentication key pair and SuperExec secret, not registered
+        and not started (to add a site: `register` it, then `start_site`)."""
+        site = Site(site_id, self.root / "sites" / site_id, keys_dir, free_ports(1)[0])
+        if site.folder.exists():
+            raise InputError(f"{site.folder} exists already")
+        _site_credentials(site)
+        return site
+
     def kill_site(self, site: Site) -> None:
-        """Kill a site's SuperNode and SuperExec at once (SIGKILL), as a crashed machine would go."""
+        """SIGKILL a site's SuperNode and SuperExec (and any ClientApp they started), as a crashed
+        machine goes: nothing is told to the SuperLink."""
         for proc in site.procs:
             proc.expected_exit = True
-            stop_session(proc.popen, grace=0.0)
+            for pid in session_members(proc.popen.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in site.procs:
+            stop_session(proc.popen, grace=2.0)  # reaps it; catches anything that survived
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -440,6 +454,13 @@ class Deployment:
                 stop_session(proc.popen, grace=5.0)
         finally:
             _restore_signals(held)
+
+
+def _site_credentials(site: Site) -> None:
+    """What a site makes for itself: its authentication key pair and its SuperExec secret."""
+    certs.make_node_key(site.folder, comment=f"site-{site.id}")
+    certs.make_secret(site.secret)
+    (site.folder / "flwr-home").mkdir()
 
 
 def _hold_signals() -> dict:
