@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client import masked, mode_he
-from common import dp, inject, wire
+from common import dp, inject, watermark, wire
 from common.data import dataset_info, load_csv, load_partition
 from common.errors import InputError
 from common.keys import ClientKeys, client_dir
@@ -85,6 +85,9 @@ def train(msg: Message, context: Context) -> Message:
     trained = get_arrays(model)
     if dp_spec is not None and dp_spec.kind == "client":
         trained = dp.clip_update(trained, opened.values(), dp_spec.clip)
+    # What every mode aggregates: the 24 high bits of each weight (in `none` mode the 8 low ones
+    # carry the site's seal), so all modes give the same model for the same seed.
+    trained = watermark.strip(trained)
 
     # Step 3: build the mode's payload and seal it with this site's key, bound to run, round and site.
     train_seconds, tick = time.perf_counter() - tick, time.perf_counter()
