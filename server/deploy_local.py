@@ -210,13 +210,20 @@ class Deployment:
         ports = free_ports(self.clients + 1)
         self.port = ports[0]
         self.coordinator.mkdir()
+        fedseal = str(BIN / "fedseal")
         certs.make_tls(self.tls, ("127.0.0.1", "localhost"))
+        self._note("coordinator: CA and SuperLink certificate", [fedseal, "certs", "tls", str(self.tls), "--host",
+                                                                 "127.0.0.1", "--host", "localhost"])
         certs.make_secret(self.coordinator / "superexec.secret")
+        self._note("coordinator: SuperExec secret", [fedseal, "certs", "secret",
+                                                     str(self.coordinator / "superexec.secret")])
         init_federation(self.keys, self.clients)
+        self._note("coordinator: federation keys (copy keys/clients/<id> to site <id>)",
+                   [fedseal, "keys", "init", str(self.keys), "--sites", str(self.clients)])
         self.sites = [Site(str(i), self.root / "sites" / str(i), client_dir(self.keys, str(i)), ports[i + 1])
                       for i in range(self.clients)]
         for site in self.sites:
-            _site_credentials(site)
+            self._site_credentials(site)
         counts = write_site_csvs(self.dataset, self.clients, self.partition, self.seed, [s.data for s in self.sites])
         home = self.coordinator / "flwr-home"
         home.mkdir()
@@ -370,13 +377,23 @@ class Deployment:
         self.say(f"{len(self.sites)} SuperNodes online: " + ", ".join(f"site {s.id} = node {s.node_id}"
                                                                      for s in self.sites))
 
+    def _site_credentials(self, site: Site) -> None:
+        """What a site makes for itself: its authentication key pair and its SuperExec secret."""
+        fedseal = str(BIN / "fedseal")
+        certs.make_node_key(site.folder, comment=f"site-{site.id}")
+        self._note(f"site {site.id}: its SuperNode key pair (send auth.pub to the coordinator)",
+                   [fedseal, "certs", "node-key", str(site.folder), "--comment", f"site-{site.id}"])
+        certs.make_secret(site.secret)
+        self._note(f"site {site.id}: its SuperExec secret", [fedseal, "certs", "secret", str(site.secret)])
+        (site.folder / "flwr-home").mkdir()
+
     def new_site(self, site_id: str, keys_dir: Path) -> Site:
         """A site folder with a fresh authentication key pair and SuperExec secret, not registered
         and not started (to add a site: `register` it, then `start_site`)."""
         site = Site(site_id, self.root / "sites" / site_id, keys_dir, free_ports(1)[0])
         if site.folder.exists():
             raise InputError(f"{site.folder} exists already")
-        _site_credentials(site)
+        self._site_credentials(site)
         return site
 
     def kill_site(self, site: Site) -> None:
@@ -456,11 +473,6 @@ class Deployment:
             _restore_signals(held)
 
 
-def _site_credentials(site: Site) -> None:
-    """What a site makes for itself: its authentication key pair and its SuperExec secret."""
-    certs.make_node_key(site.folder, comment=f"site-{site.id}")
-    certs.make_secret(site.secret)
-    (site.folder / "flwr-home").mkdir()
 
 
 def _hold_signals() -> dict:
