@@ -319,10 +319,9 @@ def check_chunks(vector: np.ndarray, seal: bytes, round_key: bytes) -> None:
     got = [seal[SALT_LEN + i * TAG_LEN:SALT_LEN + (i + 1) * TAG_LEN] for i in range(len(expected))]
     bad = [i for i, (a, b) in enumerate(zip(expected, got, strict=True)) if not hmac.compare_digest(a, b)]
     if bad:
-        if len(bad) == len(expected):
-            reason = f"no chunk of the masked vector verifies ({len(bad)} of {len(bad)}: wrong key, replayed or forged)"
-        else:
-            reason = f"{len(bad)} of {len(expected)} chunks of the masked vector fail their seal (chunks {bad[:10]})"
+        reason = f"{len(bad)} of {len(expected)} chunks of the masked vector fail their seal (chunks {bad[:10]})"
+        if len(bad) == len(expected) > 1:
+            reason += ": wrong key, replayed or forged"
         raise MaskSealError(reason, bad)
 
 

@@ -22,7 +22,7 @@ import math
 from logging import WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
 from common import masking, secagg, wire
@@ -117,11 +117,11 @@ def run_round(ctx: RoundContext) -> RoundResult:
             note_refusal(ctx, result, Verdict(site, reason=str(config[wire.REFUSED]), refused=True), reply)
             continue
         checked = _check_upload(reply, site, size, key(site), roster, result)
-        if isinstance(checked, str):
-            note_rejection(ctx, result, site, checked)
+        if isinstance(checked, tuple) and isinstance(checked[0], str):
+            note_rejection(ctx, result, site, *checked)
             continue
         masked[site], partners[site] = checked
-        note_accepted(ctx, result, Verdict(site), reply)
+        note_accepted(ctx, result, Verdict(site, global_recovered=_recovered(reply)), reply)
     for a, b in secagg.one_sided_pairs(partners, masked):  # a share lost on the way: b cannot stay
         if b in masked:
             del masked[b]
@@ -200,10 +200,10 @@ def _usable(ctx: RoundContext, replies: list[Message], stage: str,
         nid = reply.metadata.src_node_id
         if reply.has_error():
             site = sites.get(nid, f"node-{nid}")
-            ctx.recorder.audit("site_dropped", round=ctx.server_round, client=site, stage=stage,
-                               reason=reply.error.reason[-300:])
-            log(WARNING, "Round %d (%s): site %s dropped out: %s", ctx.server_round, stage, site,
-                reply.error.reason.strip().splitlines()[-1] if reply.error.reason.strip() else "error")
+            lines = [line.strip() for line in reply.error.reason.splitlines() if line.strip()]
+            reason = lines[-1][:300] if lines else "error reply"
+            ctx.recorder.audit("site_dropped", round=ctx.server_round, client=site, stage=stage, reason=reason)
+            log(WARNING, "Round %d (%s): site %s dropped out: %s", ctx.server_round, stage, site, reason)
             continue
         claimed = _site_record(reply)[0] if wire.MASKED in reply.content else site_of(reply)
         if node_of is not None and node_of.get(claimed) != nid:
@@ -220,16 +220,23 @@ def _site_record(reply: Message) -> tuple[str, ConfigRecord]:
     return site, rec if isinstance(rec, ConfigRecord) else ConfigRecord({})
 
 
-def _check_upload(reply: Message, site: str, size: int, key: bytes, roster: secagg.Roster,
-                  result: RoundResult) -> tuple[np.ndarray, tuple[str, ...]] | str:
-    """The site's masked vector and partner list after every check, or why it is rejected."""
+def _recovered(reply: Message) -> bool:
+    """Whether the site reports it had to recover the global model before training."""
+    metrics = reply.content.get(wire.METRICS)
+    return isinstance(metrics, MetricRecord) and metrics.get(wire.GLOBAL_RECOVERED) == 1
+
+
+def _check_upload(reply: Message, site: str, size: int, key: bytes, roster: secagg.Roster, result: RoundResult
+                  ) -> tuple[np.ndarray, tuple[str, ...]] | tuple[str, dict | None]:
+    """The site's masked vector and partner list after every check, or why it is rejected (and
+    which chunks failed their seal)."""
     vec_rec, rec = reply.content.get(wire.MASKED_VECTOR), reply.content.get(wire.MASKED)
     if not isinstance(vec_rec, ArrayRecord) or wire.VECTOR not in vec_rec or not isinstance(rec, ConfigRecord):
-        return f"no masked vector ({wire.MASKED_VECTOR!r}) or seal record ({wire.MASKED!r})"
+        return f"no masked vector ({wire.MASKED_VECTOR!r}) or seal record ({wire.MASKED!r})", None
     array = vec_rec[wire.VECTOR]
     result.bytes_up += payload_bytes(vec_rec)
     if array.dtype != "uint32" or tuple(array.shape) != (size,):
-        return f"masked vector must be uint32 of shape ({size},), got {array.dtype} {tuple(array.shape)}"
+        return f"masked vector must be uint32 of shape ({size},), got {array.dtype} {tuple(array.shape)}", None
     vector = array.numpy()
     try:
         seal, tag = bytes(rec[wire.SEAL]), bytes(rec[wire.MASKED_TAG])
@@ -238,9 +245,9 @@ def _check_upload(reply: Message, site: str, size: int, key: bytes, roster: seca
         masking.check_chunks(vector, seal, key)
         masking.check_message(tag, key, secagg.MASKED, *secagg.upload_fields(roster.context, site, size, partners))
     except masking.MaskSealError as exc:
-        return exc.reason
+        return exc.reason, {wire.MASKED_VECTOR: list(exc.chunks)} if exc.chunks else None
     except (KeyError, TypeError, ValueError) as exc:
-        return f"malformed seal record: {exc}"
+        return f"malformed seal record: {exc}", None
     if not set(partners) <= set(roster.neighbours.get(site, ())):
-        return f"pairwise partners {list(partners)} are not all its neighbours"
+        return f"pairwise partners {list(partners)} are not all its neighbours", None
     return vector, partners
