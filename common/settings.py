@@ -112,7 +112,9 @@ class RunSettings:
             raise InputError(f"unknown aggregator {self.aggregator!r}; choose one of: {', '.join(AGGREGATORS)}")
         if self.on_tamper not in ON_TAMPER:
             raise InputError(f"on-tamper must be one of: {', '.join(ON_TAMPER)}; got {self.on_tamper!r}")
-        parse_injections(self.inject)
+        if self.secure_mode != "masked" and any(i.kind == "drop-late" for i in parse_injections(self.inject)):
+            raise InputError("inject drop-late (a site vanishing after sending its masked vector) needs "
+                             "secure-mode masked; use drop in other modes")
         if not isinstance(self.keys_dir, str):
             raise InputError(f"keys-dir must be a string, got {self.keys_dir!r}")
         if not isinstance(self.resume, bool):

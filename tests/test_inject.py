@@ -29,7 +29,7 @@ def test_every_kind_parses_and_round_trips_through_the_run_config():
     assert [i.kind for i in parsed] == list(inject.KINDS)
     assert inject.to_text(parsed) == ",".join(specs)
     assert inject.parse(inject.to_text(parsed)) == parsed
-    settings = RunSettings(inject=inject.to_text(parsed))
+    settings = RunSettings(inject=inject.to_text(parsed), secure_mode="masked")  # drop-late is masked-only
     assert RunSettings.from_run_config(settings.to_run_config()).injections == parsed
 
 
@@ -128,3 +128,10 @@ def test_tamper_and_corrupt_global_sizes(model):
     large = _changed_blocks(model, inject.corrupt_global(model, np.random.default_rng(0)))
     assert 1 <= len(small) <= max(1, round(0.05 * total))
     assert len(large) >= 0.45 * total
+
+
+def test_drop_late_needs_masked_mode():
+    assert RunSettings(secure_mode="masked", inject="drop-late:1:2").injections == (Injection("drop-late", 1, 2),)
+    assert RunSettings(inject="drop:1:2").injections == (Injection("drop", 1, 2),)
+    with pytest.raises(InputError, match="drop-late"):
+        RunSettings(inject="drop-late:1:2")
