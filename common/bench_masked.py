@@ -5,7 +5,8 @@ Client (per site, best of `repeat`, the slowest site kept): the whole SecAgg+ si
 round - fresh key pairs, sealed advert, Shamir shares of seed and mask key encrypted for each
 neighbour, decrypting the neighbours' shares, quantize + self mask + one pairwise mask per
 neighbour (one fused pass), chunk seals. `client_mask_ns_per_param` is the quantize + mask pass
-alone (the target: <= (1 + neighbours) ns/param).
+alone (the target: <= (1 + neighbours) ns/param), `quantize_ns_per_param` the same pass without
+masks, `ns_per_mask_per_param` the difference per mask.
 Server ingest (per site): the chunk-seal check and the running uint32 sum. Final: unmasking
 (rebuild every survivor's seed from shares, check it, subtract its self mask), dequantization
 and the float32 global model. round_s = one site's work + ingest of every site + final.
@@ -71,6 +72,7 @@ def row_masked(w, repeat: int, workers: int = 1) -> dict:
     masks = [(masking.self_mask_key(os.urandom(32), roster.context, ids[0]), 1)]
     masks += [(masking.pair_mask_key(os.urandom(32), roster.context, ids[0], o), 1) for o in site0.partners()]
     mask_s, _ = best(repeat, lambda: masking.mask_update(w.deltas[0], roster.weight(ids[0]), roster.quantizer, masks))
+    quant_s, _ = best(repeat, lambda: masking.mask_update(w.deltas[0], roster.weight(ids[0]), roster.quantizer, []))
 
     def ingest() -> np.ndarray:
         total = np.zeros(w.params, np.uint32)
@@ -98,6 +100,8 @@ def row_masked(w, repeat: int, workers: int = 1) -> dict:
               + 2 * 32 + 8 + 32 + 32 + sum(map(len, reveals[ids[0]][0].values())) + 32)
     out = row(w, upload, client_s, server_s, final_s, model.astype(np.float64) - w.base.astype(np.float64))
     out["client_mask_ns_per_param"] = mask_s / w.params * 1e9
+    out["quantize_ns_per_param"] = quant_s / w.params * 1e9
+    out["ns_per_mask_per_param"] = (mask_s - quant_s) / len(masks) / w.params * 1e9
     out["neighbours"] = len(site0.partners())
     return out
 
