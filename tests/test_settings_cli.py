@@ -37,7 +37,7 @@ def test_run_config_round_trip():
     ({"lr": -1.0}, "lr must be a number > 0"),
     ({"batch-size": 0}, "batch-size"),
     ({"partition": "dirichlet:-1"}, "ALPHA"),
-    ({"secure-mode": "he"}, "unknown secure-mode 'he'"),
+    ({"secure-mode": "fhe"}, "unknown secure-mode 'fhe'"),
     ({"min-clients": 0}, "min-clients"),
     ({"rounds": 3}, "unknown run-config key\\(s\\): rounds"),
 ])
