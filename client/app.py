@@ -16,7 +16,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client import masked, mode_he
+from client import mode_he, mode_masked
 from common import dp, inject, watermark, wire
 from common.data import dataset_info, load_csv, load_partition
 from common.errors import InputError
@@ -95,7 +95,7 @@ def train(msg: Message, context: Context) -> Message:
     if mode == "he":
         payload = mode_he.build_payload(trained, opened.values(), len(y), keys, seal_key, run_name, server_round)
     elif mode == "masked":
-        payload = masked.build_payload(context, config, trained, opened.values(), client_id, seal_key, run_name,
+        payload = mode_masked.build_payload(context, config, trained, opened.values(), client_id, seal_key, run_name,
                                        server_round)
     else:
         payload = RecordDict({wire.ARRAYS: to_record(seal_update(trained, seal_key, run_name, server_round,
@@ -103,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
     seal_seconds = time.perf_counter() - tick
     if injected("tamper-update"):
         payload = (mode_he.tamper(payload, rng("tamper-update")) if mode == "he" else
-                   masked.tamper(payload, rng("tamper-update")) if mode == "masked" else
+                   mode_masked.tamper(payload, rng("tamper-update")) if mode == "masked" else
                    RecordDict({wire.ARRAYS: to_record(inject.flip_bits(_arrays(payload[wire.ARRAYS]),
                                                                        rng("tamper-update")))}))
     previous = RecordDict({key.removeprefix(LAST_REPLY): record for key, record in context.state.items()
@@ -142,10 +142,10 @@ def _injection_id(node_config: dict, client_id: str) -> int | None:
 
 @app.query("masked")
 def masked_stage(msg: Message, context: Context) -> Message:
-    """masked mode: the SecAgg+ stages around training (setup, share-keys, unmask; client/masked.py)."""
+    """masked mode: the SecAgg+ stages around training (setup, share-keys, unmask; client/mode_masked.py)."""
     settings = RunSettings.from_run_config(context.run_config)
     client_id, keys = load_site_keys(context.node_config, msg.content[wire.CONFIG])
-    return masked.handle_query(msg, context, settings, client_id, keys, _injection_id(context.node_config, client_id),
+    return mode_masked.handle_query(msg, context, settings, client_id, keys, _injection_id(context.node_config, client_id),
                                lambda: len(load_site_data(settings, context.node_config)[1]))
 
 

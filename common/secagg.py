@@ -1,6 +1,6 @@
 """The masked-aggregation protocol's computations, Flower-free (SecAgg+ stages, DESIGN.md §3).
 
-A round in `--secure-mode masked` (server/mode_masked.py and client/masked.py carry the bytes):
+A round in `--secure-mode masked` (server/mode_masked.py and client/mode_masked.py carry the bytes):
 
 1. **setup** - each site makes two X25519 key pairs (pairwise masks; share encryption) and sends
    the public halves with its number of examples, sealed with its round key (`advertise`).
