@@ -141,6 +141,31 @@ def test_site_data_are_the_simulation_partitions_and_stay_with_the_sites(script)
         assert "site.csv" not in text and "data-path" not in text, path
 
 
+def test_script_ctrl_c_stops_everything(tmp_path):
+    """Ctrl-C once the SuperLink is up: exit 130, and no process the script started is left."""
+    import signal
+
+    marker = f"deploy-ctrl-c-{os.getpid()}-{time.time_ns()}"
+    proc = start_in_new_session(["bash", str(ROOT / "scripts" / "deploy-local.sh"), "--clients", "2",
+                                 "--dir", str(tmp_path / "deploy")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                env=_env(tmp_path, marker))
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "SuperLink on https://127.0.0.1:" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        output = "".join(lines) + _finish(proc, 120)
+    finally:
+        if proc.poll() is None:
+            stop_session(proc)
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    assert_no_leftovers(marker)
+
+
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory):
     """A running 3-site deployment (in this process) for the fault tests; stopped by PID at the end."""
@@ -206,17 +231,24 @@ def test_tampered_supernode_is_rejected_and_named_in_the_audit(fault_run):
     rounds = records.read_jsonl(fault_run / records.ROUNDS)
     audit = records.read_jsonl(fault_run / records.AUDIT)
     assert rounds[0]["rejected"] == ["1"] and rounds[0]["clients_used"] == 2, rounds[0]
-    events = [a for a in audit if a["event"] == "update_rejected"]
-    assert [(a["round"], a["client"]) for a in events] == [(1, "1")], audit
+    events = [a for a in audit if a["event"] == "update_rejected" and a["round"] == 1]
+    assert [a["client"] for a in events] == ["1"], audit
     assert events[0]["tampered"], events[0]  # names where the seal failed
 
 
 def test_run_finishes_when_a_supernode_is_killed_mid_run(faults, fault_run):
+    """Site 2 dies as round 2 starts: round 2 goes on with sites 0 and 1, the loss is audited.
+
+    Flower reports a SuperNode whose heartbeat stopped with an error reply from the SuperLink (node
+    id 1) before `round-timeout`, so the record is either `replies_missing` naming the node, or
+    an error reply saying the node is unavailable."""
     summary = json.loads((fault_run / records.SUMMARY).read_text())
     rounds = records.read_jsonl(fault_run / records.ROUNDS)
-    audit = records.read_jsonl(fault_run / records.AUDIT)
+    audit = [a for a in records.read_jsonl(fault_run / records.AUDIT) if a.get("round") == 2]
     assert [r["round"] for r in rounds] == [1, 2]
-    assert rounds[1]["clients_used"] == 2 and not rounds[1]["rejected"], rounds[1]
-    missing = [a for a in audit if a["event"] == "replies_missing" and a["round"] == 2]
-    assert [a["nodes"] for a in missing] == [[faults.sites[2].node_id]], audit
+    assert rounds[1]["clients_used"] == 2, rounds[1]
+    assert not {"0", "1"} & set(rounds[1]["rejected"]), rounds[1]  # the live sites were used
+    dead = faults.sites[2].node_id
+    assert any(a["event"] == "replies_missing" and a.get("nodes") == [dead]
+               or "heartbeat" in str(a.get("reason", "")) for a in audit), audit
     assert summary["final_accuracy"] is not None and summary["final_accuracy"] > 0.9
