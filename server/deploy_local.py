@@ -340,14 +340,19 @@ class Deployment:
                 raise DeployError(f"unexpected answer from `flwr supernode register`: {done.stdout[-500:]}") from exc
         return [site.node_id for site in sites]
 
-    def start_site(self, site: Site, *, auth_key: Path | None = None) -> None:
+    def unregister(self, site: Site) -> None:
+        """`flwr supernode unregister` the site's node: its running SuperNode stops, and the
+        SuperLink refuses its key from then on (removing a site)."""
+        self._flwr("supernode", "unregister", str(site.node_id), CONNECTION)
+
+    def start_site(self, site: Site) -> None:
         """Start the site's SuperNode (its node config, TLS trusting our CA, its auth key) and its SuperExec."""
         home = site.folder / "flwr-home"
         role = f"site {site.id}"
         node = self._spawn(f"SuperNode {site.id}", f"{role}: the SuperNode (connects out to the SuperLink)", [
             str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
             "--root-certificates", str(self.tls / certs.CA_CERT),
-            "--auth-supernode-private-key", str(auth_key or site.auth_key),
+            "--auth-supernode-private-key", str(site.auth_key),
             "--node-config", site.node_config(),
             "--isolation", "process", "--superexec-auth-secret-file", str(site.secret),
             "--host", "127.0.0.1", "--port", str(site.port),
@@ -529,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="none", metavar="|".join(_modes()),
                    help="secure mode (run-config secure-mode); a comma-separated list or `all` runs one "
                    "federation per mode on the same deployment (default: %(default)s)")
-    p.add_argument("--clients", type=int, default=3, metavar="N", help="sites (SuperNodes), >= 2 (default: %(default)s)")
+    p.add_argument("--clients", type=int, default=3, metavar="N",
+                   help="sites (SuperNodes), >= 2 (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=2, metavar="R", help="federated rounds, >= 1 (default: %(default)s)")
     p.add_argument("--min-clients", type=int, default=None, metavar="M",
                    help="fewest accepted replies that update the model (default: N)")

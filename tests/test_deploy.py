@@ -252,3 +252,28 @@ def test_run_finishes_when_a_supernode_is_killed_mid_run(faults, fault_run):
     assert any(a["event"] == "replies_missing" and a.get("nodes") == [dead]
                or "heartbeat" in str(a.get("reason", "")) for a in audit), audit
     assert summary["final_accuracy"] is not None and summary["final_accuracy"] > 0.9
+
+
+def test_unregistered_site_is_cut_off_and_refused_on_restart(faults, fault_run):
+    """Removing a site (README): `flwr supernode unregister` stops its running SuperNode, and the
+    SuperLink refuses the same key when the site starts again. Runs after the fault run."""
+    site = faults.sites[0]
+    faults.unregister(site)
+    node = site.procs[0]
+    node.expected_exit = True
+    deadline = time.monotonic() + 120
+    while node.popen.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert node.popen.poll() is not None, f"the unregistered SuperNode kept running:\n{node.tail()}"
+    assert faults.nodes()[site.node_id] == "unregistered"
+    for proc in site.procs:
+        proc.expected_exit = True
+        stop_session(proc.popen)
+    (site.folder / "supernode.log").rename(site.folder / "supernode-before.log")
+    faults.start_site(site)
+    node = site.procs[0]
+    node.expected_exit = True
+    deadline = time.monotonic() + 120
+    while node.popen.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert node.popen.returncode not in (None, 0) and "Failed to activate SuperNode" in node.log.read_text()
