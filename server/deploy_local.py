@@ -596,15 +596,21 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.dir or ROOT / "runs" / f"deploy-{datetime.now():%Y%m%d-%H%M%S}")
         started = time.monotonic()
         results: list[tuple[str, Path, dict | None]] = []
+        if args.timeout <= 0:
+            raise InputError(f"--timeout must be > 0 seconds, got {args.timeout}")
         with Deployment(folder, args.clients, dataset=args.dataset, partition=args.partition, seed=args.seed,
                         say=say) as dep:
             dep.prepare()
             dep.start()
-            for mode in modes:
+            def submit(mode: str) -> RunHandle:
                 config = {"secure-mode": mode, "num-rounds": args.rounds, "min-clients": min_clients,
                           "dataset": args.dataset, "seed": args.seed, "partition": args.partition, **extra}
                 handle = dep.start_run(f"{mode}-{args.clients}x{args.rounds}", config)
                 say(f"flwr run submitted (secure-mode {mode}, {args.rounds} rounds); log {handle.proc.log}")
+                return handle
+
+            for mode in modes:
+                handle = submit(mode)
                 try:
                     summary = dep.wait_run(handle, timeout=args.timeout)
                 except RunFailed as exc:

@@ -126,13 +126,16 @@ def test_site_data_are_the_simulation_partitions_and_stay_with_the_sites(script)
     data (node config stays on the SuperNode)."""
     import numpy as np
 
-    from common.data import dataset_info, load_csv, load_partition
+    from common.data import dataset_info, load_csv, load_partition, standardize
 
     _, _, folder, _ = script
     for site in range(CLIENTS):
-        _, y_site = load_csv(folder / "sites" / str(site) / "site.csv", "label", dataset_info("breast-cancer"))
-        _, y_sim = load_partition("breast-cancer", site, CLIENTS, "iid", SEED)
+        x_site, y_site = load_csv(folder / "sites" / str(site) / "site.csv", "label", dataset_info("breast-cancer"))
+        x_sim, y_sim = load_partition("breast-cancer", site, CLIENTS, "iid", SEED)
         np.testing.assert_array_equal(y_site, y_sim)
+        # same rows in the same order: standardizing the simulation's rows by the site's own
+        # statistics gives what the site trains on
+        np.testing.assert_allclose(x_site, standardize(x_sim.astype(np.float64))[0], atol=1e-4)
     coordinator_files = list((folder / "coordinator").glob("*.log"))  # SuperLink, SuperExec, ServerApp (flwr run)
     coordinator_files += [p for p in (folder / "runs").rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl")]
     assert coordinator_files
