@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from common import certs, records
-from common.data import dataset_info, partition_indices, train_test_indices
+from common.data import dataset_info, partition_indices, train_test_indices, write_csv
 from common.errors import FedSealError, InputError
 from common.keys import client_dir, init_federation
 from common.processes import session_members, start_in_new_session, stop_session
@@ -93,10 +93,7 @@ def write_site_csvs(dataset: str, sites: int, partition: str, seed: int, paths: 
     counts = []
     for path, part in zip(paths, partition_indices(y[train], sites, partition, seed)):
         rows = train[part]
-        with path.open("w", encoding="utf-8") as fh:
-            fh.write(",".join([*names, LABEL_COLUMN]) + "\n")
-            for features, label in zip(x[rows], y[rows]):
-                fh.write(",".join([*(repr(float(v)) for v in features), str(int(label))]) + "\n")
+        write_csv(path, x[rows], y[rows], LABEL_COLUMN, names)
         counts.append(len(rows))
     return counts
 
