@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +38,9 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content[wire.CONFIG]
     server_round = int(config[wire.SERVER_ROUND])
     run_name = str(config[wire.RUN_NAME])
-    x, y, site_key = load_site_data(settings, context.node_config)
+    x, y = load_site_data(settings, context.node_config)
     client_id, keys = load_site_keys(context.node_config, config)
+    site_key = f"partition-{client_id}"  # seeds local training: site id = partition id, as in simulation
     fault_id = _injection_id(context.node_config, client_id)
     mode = str(config.get(wire.SECURE_MODE, "none"))
 
@@ -174,8 +174,8 @@ def load_site_keys(node_config: dict, config: ConfigRecord) -> tuple[str, Client
     return client_id, ClientKeys.load(folder, client_id=client_id)
 
 
-def load_site_data(settings: RunSettings, node_config: dict) -> tuple[np.ndarray, np.ndarray, str]:
-    """This site's (features, labels, seed key).
+def load_site_data(settings: RunSettings, node_config: dict) -> tuple[np.ndarray, np.ndarray]:
+    """This site's (features, labels).
 
     Simulation: partition `partition-id` of `num-partitions` of the bundled dataset.
     Deployment: the CSV at node config `data-path`, labels in `label-column`.
@@ -183,12 +183,10 @@ def load_site_data(settings: RunSettings, node_config: dict) -> tuple[np.ndarray
     if wire.DATA_PATH in node_config:
         path = str(node_config[wire.DATA_PATH])
         label_column = str(node_config.get(wire.LABEL_COLUMN, "label"))
-        x, y = load_csv(path, label_column, dataset_info(settings.dataset))
-        return x, y, f"csv-{zlib.crc32(path.encode()):08x}"
+        return load_csv(path, label_column, dataset_info(settings.dataset))
     if wire.PARTITION_ID in node_config and wire.NUM_PARTITIONS in node_config:
         pid, num = int(node_config[wire.PARTITION_ID]), int(node_config[wire.NUM_PARTITIONS])
-        x, y = load_partition(settings.dataset, pid, num, settings.partition, settings.seed)
-        return x, y, f"partition-{pid}"
+        return load_partition(settings.dataset, pid, num, settings.partition, settings.seed)
     raise InputError(f"node config needs {wire.DATA_PATH!r} (deployment) or "
                      f"{wire.PARTITION_ID!r}/{wire.NUM_PARTITIONS!r} (simulation)")
 
