@@ -74,15 +74,21 @@ def train_messages(ctx: RoundContext, extra_config: dict | None = None) -> list[
 
 def send(ctx: RoundContext, messages: list[Message], stage: str) -> list[Message]:
     """Send and wait for the replies, at most the run's round timeout; sites that do not answer
-    in time are audited as `replies_missing` (the round goes on with those that did)."""
+    in time are audited as `replies_missing` (the round goes on with those that did). An error
+    reply that does not come from the site itself (Flower's SuperLink answers for a node it lost)
+    counts as no answer, with Flower's reason recorded."""
     if not messages:
         return []
     replies = send_and_receive(ctx.grid, messages, float(ctx.settings.round_timeout))
+    sites = {m.metadata.dst_node_id for m in messages}
+    stand_ins = [r for r in replies if r.metadata.src_node_id not in sites]
+    replies = [r for r in replies if r.metadata.src_node_id in sites]
     answered = {r.metadata.src_node_id for r in replies}
-    silent = sorted(m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered)
+    silent = sorted(sites - answered)
     if silent:
+        reasons = sorted({r.error.reason for r in stand_ins if r.has_error()})
         ctx.recorder.audit("replies_missing", round=ctx.server_round, stage=stage, count=len(silent),
-                           nodes=silent)
+                           nodes=silent, **({"flower_errors": reasons} if reasons else {}))
         log(WARNING, "Round %d (%s): no reply from %d site(s) within %s s", ctx.server_round, stage,
             len(silent), ctx.settings.round_timeout)
     return replies

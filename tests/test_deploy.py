@@ -242,9 +242,8 @@ def test_tampered_supernode_is_rejected_and_named_in_the_audit(fault_run):
 def test_run_finishes_when_a_supernode_is_killed_mid_run(faults, fault_run):
     """Site 2 dies as round 2 starts: round 2 goes on with sites 0 and 1, the loss is audited.
 
-    Flower reports a SuperNode whose heartbeat stopped with an error reply from the SuperLink (node
-    id 1) before `round-timeout`, so the record is either `replies_missing` naming the node, or
-    an error reply saying the node is unavailable."""
+    Flower may answer for a SuperNode whose heartbeat stopped with an error reply from the SuperLink
+    itself; the server counts that as no answer from the node: `replies_missing` names it."""
     summary = json.loads((fault_run / records.SUMMARY).read_text())
     rounds = records.read_jsonl(fault_run / records.ROUNDS)
     audit = [a for a in records.read_jsonl(fault_run / records.AUDIT) if a.get("round") == 2]
@@ -252,8 +251,8 @@ def test_run_finishes_when_a_supernode_is_killed_mid_run(faults, fault_run):
     assert rounds[1]["clients_used"] == 2, rounds[1]
     assert not {"0", "1"} & set(rounds[1]["rejected"]), rounds[1]  # the live sites were used
     dead = faults.sites[2].node_id
-    assert any(a["event"] == "replies_missing" and a.get("nodes") == [dead]
-               or "heartbeat" in str(a.get("reason", "")) for a in audit), audit
+    assert any(a["event"] == "replies_missing" and a.get("nodes") == [dead] for a in audit), audit
+    assert not any(a.get("client") == "node-1" for a in audit), audit  # not blamed on the SuperLink
     assert summary["final_accuracy"] is not None and summary["final_accuracy"] > 0.9
 
 
