@@ -1,7 +1,9 @@
 """FedSeal's ClientApp: one site's side of a round (DESIGN.md §4 steps 2-3).
 
 Verify the signed, watermarked global model (recover it if tampered, refuse it if beyond
-recovery), train locally, seal the trained weights with the site's own key, reply.
+recovery), train locally, build the secure mode's payload (sealed weights; sealed ciphertexts,
+client/mode_he.py; a sealed masked vector, client/mode_masked.py), reply. The `decrypt` and
+`masked` queries are the extra steps of the he and masked modes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ LAST_REPLY = "fedseal-last-reply:"  # context.state: this site's previous sealed
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Verify the global model, train on this site's data, reply with sealed weights."""
+    """Verify the global model, train on this site's data, reply with the mode's sealed payload."""
     torch.set_num_threads(1)
     settings = RunSettings.from_run_config(context.run_config)
     config = msg.content[wire.CONFIG]
@@ -95,8 +97,8 @@ def train(msg: Message, context: Context) -> Message:
     if mode == "he":
         payload = mode_he.build_payload(trained, opened.values(), len(y), keys, seal_key, run_name, server_round)
     elif mode == "masked":
-        payload = mode_masked.build_payload(context, config, trained, opened.values(), client_id, seal_key, run_name,
-                                       server_round)
+        payload = mode_masked.build_payload(context, config, trained, opened.values(), client_id, seal_key,
+                                            run_name, server_round)
     else:
         payload = RecordDict({wire.ARRAYS: to_record(seal_update(trained, seal_key, run_name, server_round,
                                                                  client_id))})
