@@ -23,3 +23,13 @@ def flower_task_identity():
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     yield
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    """A 3-site federation's keys: (ServerKeys, {site id: ClientKeys}) for sites "0", "1", "2"."""
+    from common.keys import ClientKeys, ServerKeys, client_dir, init_federation
+
+    root = tmp_path_factory.mktemp("fed") / "keys"
+    init_federation(root, 3)
+    return ServerKeys.load(root / "server"), {c: ClientKeys.load(client_dir(root, c), client_id=c) for c in "012"}

@@ -10,7 +10,6 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from common import wire
-from common.keys import ClientKeys, ServerKeys, client_dir, init_federation
 from common.models import array_spec, get_arrays, initial_model
 from common.seal import seal_update
 from common.watermark import strip
@@ -19,13 +18,6 @@ from server.checks import check_sealed_reply
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 RUN, ROUND = "run-checks", 4
-
-
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fed") / "keys"
-    init_federation(root, 3)
-    return ServerKeys.load(root / "server"), {c: ClientKeys.load(client_dir(root, c), client_id=c) for c in "012"}
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,13 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from common import he, records, wire
-from common.keys import ClientKeys, ServerKeys, client_dir, init_federation
 from common.models import array_spec, flatten, get_arrays, initial_model
 from common.seal import seal_chunks
 from server.mode_he import check_he_reply
 from server.rounds import RoundContext
-from tests.simrun import simulate
+from simrun import simulate
 
 RUN, ROUND = "run-he", 2
-
-
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fed") / "keys"
-    init_federation(root, 3)
-    return ServerKeys.load(root / "server"), {c: ClientKeys.load(client_dir(root, c), client_id=c) for c in "012"}
 
 
 @pytest.fixture(scope="module")

@@ -12,22 +12,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common import inject, seal, watermark
 from common.errors import InputError, TamperError
-from common.keys import ClientKeys, ServerKeys, client_dir, init_federation
 from common.models import array_spec, get_arrays, initial_model
 from common.seal import (SealError, digest_arrays, global_context, open_update, publish_global, receive_global,
                          seal_context, seal_update)
 
 RUN = "run-7"
 DATASETS = ("breast-cancer", "digits")
-
-
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fed") / "keys"
-    init_federation(root, 3)
-    server = ServerKeys.load(root / "server")
-    clients = {cid: ClientKeys.load(client_dir(root, cid), client_id=cid) for cid in ("0", "1", "2")}
-    return server, clients
 
 
 @pytest.fixture(scope="module", params=DATASETS)
