@@ -187,6 +187,13 @@ def faults(tmp_path_factory):
     assert not left, f"processes left in the deployment's sessions: {left}"
 
 
+def wait_for_exit(popen, seconds: float = 120) -> None:
+    """Wait until the process has exited, at most `seconds` (callers assert on how it ended)."""
+    deadline = time.monotonic() + seconds
+    while popen.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def test_unregistered_supernode_is_refused(faults):
     known = faults.nodes()
     assert sorted(known) == sorted(s.node_id for s in faults.sites) and set(known.values()) == {"online"}
@@ -195,9 +202,7 @@ def test_unregistered_supernode_is_refused(faults):
     node = rogue.procs[0]
     try:
         node.expected_exit = True
-        deadline = time.monotonic() + 120
-        while node.popen.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_for_exit(node.popen)
         assert node.popen.returncode not in (None, 0), f"the unregistered SuperNode was not refused:\n{node.tail()}"
         assert "Failed to activate SuperNode" in node.log.read_text()
         assert "SuperNode ID:" not in node.log.read_text()
@@ -263,9 +268,7 @@ def test_unregistered_site_is_cut_off_and_refused_on_restart(faults, fault_run):
     faults.unregister(site)
     node = site.procs[0]
     node.expected_exit = True
-    deadline = time.monotonic() + 120
-    while node.popen.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for_exit(node.popen)
     assert node.popen.poll() is not None, f"the unregistered SuperNode kept running:\n{node.tail()}"
     assert faults.nodes()[site.node_id] == "unregistered"
     for proc in site.procs:
@@ -275,7 +278,5 @@ def test_unregistered_site_is_cut_off_and_refused_on_restart(faults, fault_run):
     faults.start_site(site)
     node = site.procs[0]
     node.expected_exit = True
-    deadline = time.monotonic() + 120
-    while node.popen.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for_exit(node.popen)
     assert node.popen.returncode not in (None, 0) and "Failed to activate SuperNode" in node.log.read_text()
