@@ -154,11 +154,9 @@ def masked_stage(msg: Message, context: Context) -> Message:
 @app.query("decrypt")
 def decrypt(msg: Message, context: Context) -> Message:
     """he mode: decrypt the blinded sum the server sends (this site holds the CKKS secret key)."""
-    tick = time.perf_counter()
     _, keys = load_site_keys(context.node_config, msg.content[wire.CONFIG])
     coefficients = mode_he.decrypt_blinded(msg.content, keys)
-    content = RecordDict({wire.DECRYPTED: ArrayRecord({wire.COEFFICIENTS: Array(coefficients)}),
-                          wire.METRICS: MetricRecord({wire.DECRYPT_SECONDS: time.perf_counter() - tick})})
+    content = RecordDict({wire.DECRYPTED: ArrayRecord({wire.COEFFICIENTS: Array(coefficients)})})
     return Message(content=content, reply_to=msg)
 
 

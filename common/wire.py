@@ -33,7 +33,6 @@ SEAL_SECONDS = "seal-seconds"  # METRICS: seconds spent sealing the trained weig
 CHUNKS = "chunks"  # list[bytes]
 TAGS = "tags"  # list[bytes]
 COEFFICIENTS = "coefficients"  # uint64 array, one row of plaintext coefficients per chunk
-DECRYPT_SECONDS = "decrypt-seconds"  # METRICS (decrypt reply): seconds the site spent decrypting
 ENCRYPT_SECONDS = "encrypt-seconds"  # METRICS: seconds the site spent encrypting (or masking) its update
 
 # Message types (Flower's "train" / "evaluate" / "query.<name>")

@@ -18,7 +18,7 @@ from common import he, wire
 from common.errors import KeyFileError
 from common.models import flatten, unflatten
 from common.seal import SealError, check_chunks
-from server.checks import Verdict, num_examples_of, refusal_of, site_of
+from server.checks import Verdict, num_examples_of, payload_bytes, refusal_of, site_of
 from server.rounds import (RoundContext, RoundResult, enough, message, note_accepted, note_refusal, note_rejection,
                            send, site_metrics, train_messages)
 
@@ -46,7 +46,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
     replies = send(ctx, messages, "train")
     ctx.clock.add_sites(site_metrics(replies))
     ctx.clock.start("check")
-    result = RoundResult(bytes_down=sum(len(a.data) for a in ctx.record.values()) * len(messages))
+    result = RoundResult(bytes_down=payload_bytes(ctx.record) * len(messages))
     total = he.Sum(public, count)
     total_examples = 0
     decryptors: list[tuple[str, int]] = []
@@ -166,7 +166,6 @@ def decrypt_blinded(ctx: RoundContext, result: RoundResult, blinded: list[bytes]
                 except (he.HEError, ValueError) as exc:
                     reason = f"bad coefficients: {exc}"
                     continue
-                ctx.clock.add_sites(site_metrics(replies))
                 ctx.recorder.audit("sum_decrypted", round=ctx.server_round, client=site, sites=len(result.used))
                 log(INFO, "Round %d: site %s decrypted the blinded sum", ctx.server_round, site)
                 return summed
