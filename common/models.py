@@ -62,6 +62,11 @@ def array_spec(arrays: dict[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...]
     return {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items()}
 
 
+def param_count(spec: dict[str, tuple[tuple[int, ...], str]]) -> int:
+    """How many values a model of this tensor list holds (the length of `flatten`)."""
+    return sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in spec.values())
+
+
 def initial_model(dataset: str, seed: int) -> nn.Module:
     """The run's starting model: build_model(dataset) with weights drawn from `seed`."""
     torch.manual_seed(seed)

@@ -16,7 +16,7 @@ from flwr.common.logger import log
 
 from common import he, wire
 from common.errors import KeyFileError
-from common.models import flatten, unflatten
+from common.models import flatten, param_count, unflatten
 from common.seal import SealError, check_chunks
 from server.checks import Verdict, num_examples_of, payload_bytes, refusal_of, site_of
 from server.rounds import (RoundContext, RoundResult, enough, message, note_accepted, note_refusal, note_rejection,
@@ -39,7 +39,7 @@ class Upload:
 def run_round(ctx: RoundContext) -> RoundResult:
     """Send the global model, check and add every site's ciphertexts, decrypt the blinded sum."""
     public = ctx.keys.he_public_context()  # refuses a context that holds the secret key
-    length = sum(int(np.prod(shape)) for shape, _ in ctx.spec.values())
+    length = param_count(ctx.spec)
     count = he.n_chunks(length)
     messages = train_messages(ctx)
     ctx.clock.start("train", timed=False)  # the sites verify, train, encrypt and seal

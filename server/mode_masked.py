@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 
 from common import masking, secagg, wire
+from common.models import param_count
 from common.errors import FedSealError
 from common.keys import sign_digest
 from server.checks import Verdict, payload_bytes, site_of
@@ -107,7 +108,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
     replies = send(ctx, messages, "masked train")
     ctx.clock.add_sites(site_metrics(replies))
     ctx.clock.start("check")
-    size = sum(int(np.prod(shape, dtype=np.int64)) for shape, _ in ctx.spec.values())
+    size = param_count(ctx.spec)
     masked: dict[str, np.ndarray] = {}
     partners: dict[str, tuple[str, ...]] = {}
     for reply in _usable(ctx, replies, "train", node_of):
