@@ -26,9 +26,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 
 from common import masking, secagg, wire
-from common.models import param_count
 from common.errors import FedSealError
 from common.keys import sign_digest
+from common.models import param_count
 from server.checks import Verdict, payload_bytes, site_of
 from server.rounds import (RoundContext, RoundResult, enough, message, note_accepted, note_refusal, note_rejection,
                            send, site_metrics)
