@@ -44,5 +44,9 @@ def tamper(payload: RecordDict, rng: np.random.Generator) -> RecordDict:
 def decrypt_blinded(content: RecordDict, keys: ClientKeys) -> np.ndarray:
     """The plaintext coefficients of the blinded sum in a decrypt request (uniformly random to
     this site: the server's mask hides the sum)."""
-    chunks = list(content[wire.HE_CIPHERTEXTS][wire.CHUNKS])
-    return he.decrypt_raw(chunks, keys.he_secret_context(), len(chunks))
+    try:
+        c0 = content[wire.HE_SUM][wire.C0].numpy()
+        seeds = list(content[wire.HE_CIPHERTEXTS][wire.SEEDS])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise he.HEError(f"malformed decrypt request: {exc}") from exc
+    return he.decrypt_raw(he.Summed(c0, seeds), keys.he_secret_context())

@@ -6,8 +6,11 @@ and only adds ciphertexts.
 
     secret_ctx, public_ctx = make_keys()                         # once, by the federation
     chunks = encrypt(update_f32, n_examples, secret_ctx)         # each site
-    summed = add([chunks_site_a, chunks_site_b, ...], public_ctx)  # server (assert_no_secret first)
-    mean = decrypt(summed, secret_ctx, len(update_f32)) / sum_n  # a site
+    total = Sum(public_ctx, n_chunks(len(update_f32)))           # server (assert_no_secret first)
+    total.add_site(chunks)                                       #   ... for each site
+    blinded, mask = total.blinded()                              #   the sum plus a random mask
+    raw = decrypt_raw(blinded, secret_ctx)                       # one site: random-looking coefficients
+    mean = unblind(raw, mask, public_ctx, len(update_f32)) / sum_n  # server
 
 Three levers against the common TenSEAL default (N=8192 [60,40,40], 14.4x the float32 bytes):
 - seeded secret-key ciphertexts: `Encryptor.encrypt_symmetric(plain)` returns a `Serializable`
@@ -26,9 +29,12 @@ wraps around silently; `encrypt` therefore refuses a site whose |vector * weight
 `capacity / max_sites` (4096 with the default 128 sites) and `add` refuses more than max_sites
 sites. Scale weights accordingly (e.g. weight = n_examples, or n_examples / 1000 for big sites).
 
-SEAL serializes with its compile-time default compression (zstd in TenSEAL 0.3.18 wheels);
-`sealapi` exposes no compr_mode argument, so the choice is not ours. It saves and loads through
-file paths only: byte round trips go through a private (0600) file on tmpfs (/dev/shm).
+The server adds only the c0 parts of the seeded ciphertexts (numpy, modulo q; common/he_serial.py
+reads them from SEAL's bytes) and forwards every site's seeds with the sum: the decrypting site
+lets SEAL expand them into the c1 parts. Server ingest is thus a seal check, a zstd
+decompression and one vector add per site. SEAL serializes with its compile-time default
+compression (zstd in TenSEAL 0.3.18 wheels; sealapi exposes no compr_mode argument) and saves and
+loads through file paths only: byte round trips go through a private (0600) file on tmpfs.
 """
 
 from __future__ import annotations
@@ -38,15 +44,14 @@ import math
 import multiprocessing
 import os
 import struct
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from common.errors import InputError
+from common.he_serial import (SEED_RECORD_BYTES, HEError, plaintext, plaintext_coefficients, put, save, scratch,
+                              seeded_ciphertext, seeded_parts)
 
 POLY_MODULUS_DEGREE = 4096
 PRIME_BITS = 50
@@ -59,36 +64,6 @@ _MAGIC = b"FSHE\x01"
 _PUBLIC, _SECRET = b"P", b"S"
 _HEAD = struct.Struct("<5scHHI")  # magic, kind, scale_bits, max_sites, len(params)
 _LEN = struct.Struct("<I")
-
-
-class HEError(InputError):
-    """An HE context or ciphertext is malformed, of other parameters, or used the wrong way."""
-
-
-@contextmanager
-def _scratch():
-    """A private temporary file path on tmpfs when there is one (sealapi reads/writes paths only)."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    fd, path = tempfile.mkstemp(prefix="fedseal-he-", dir=base)
-    os.close(fd)
-    try:
-        yield path
-    finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def _save(obj, path: str) -> bytes:
-    obj.save(path)
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _put(data: bytes, path: str) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def _parameters(prime_bits: int = PRIME_BITS) -> sealapi.EncryptionParameters:
@@ -119,9 +94,9 @@ def make_keys(
     parms = _parameters(_prime_bits)
     ctx = _seal_context(parms)
     secret_key = sealapi.KeyGenerator(ctx).secret_key()
-    with _scratch() as path:
-        parms_bytes = _save(parms, path)
-        sk_bytes = _save(secret_key, path)
+    with scratch() as path:
+        parms_bytes = save(parms, path)
+        sk_bytes = save(secret_key, path)
     public = _HEAD.pack(_MAGIC, _PUBLIC, scale_bits, max_sites, len(parms_bytes)) + parms_bytes
     secret = (_HEAD.pack(_MAGIC, _SECRET, scale_bits, max_sites, len(parms_bytes)) + parms_bytes
               + _LEN.pack(len(sk_bytes)) + sk_bytes)
@@ -170,7 +145,7 @@ class _Ctx:
     encryptor: sealapi.Encryptor | None
     decryptor: sealapi.Decryptor | None
 
-    @property
+    @functools.cached_property
     def modulus(self) -> int:
         """The coefficient modulus q (one prime)."""
         return int(self.seal.first_context_data().parms().coeff_modulus()[0].value())
@@ -189,9 +164,9 @@ class _Ctx:
 def _load(ctx_bytes: bytes) -> _Ctx:
     kind, scale_bits, max_sites, parms_bytes, sk_bytes = _split(ctx_bytes)
     try:
-        with _scratch() as path:
+        with scratch() as path:
             parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
-            _put(parms_bytes, path)
+            put(parms_bytes, path)
             parms.load(path)
             if parms.scheme() != sealapi.SCHEME_TYPE.CKKS or parms.poly_modulus_degree() != POLY_MODULUS_DEGREE:
                 raise HEError("HE context is not CKKS with N=4096")
@@ -199,7 +174,7 @@ def _load(ctx_bytes: bytes) -> _Ctx:
             secret_key = None
             if kind == _SECRET:
                 secret_key = sealapi.SecretKey()
-                _put(sk_bytes, path)
+                put(sk_bytes, path)
                 secret_key.load(seal, path)
     except HEError:
         raise
@@ -273,34 +248,37 @@ def encrypt(vector: np.ndarray, weight: float, secret_ctx: bytes, *, workers: in
     encoder, encryptor = ctx.encoder, ctx.encryptor
     plain = sealapi.Plaintext()
     out = []
-    with _scratch() as path:
+    with scratch() as path:
         for row in slots:
             encoder.encode(row.tolist(), ctx.scale, plain)
-            out.append(_save(encryptor.encrypt_symmetric(plain), path))
+            out.append(save(encryptor.encrypt_symmetric(plain), path))
     return out
 
 
-def _load_ciphertext(ctx: _Ctx, data: bytes, path: str, where: str) -> sealapi.Ciphertext:
-    if not isinstance(data, (bytes, bytearray)) or len(data) < 16:
-        raise HEError(f"{where}: not a ciphertext (too short)")
-    _put(data, path)
-    ct = sealapi.Ciphertext()
-    try:
-        ct.load(ctx.seal, path)  # SEAL checks header, size, parms_id and coefficient ranges
-    except Exception as exc:
-        raise HEError(f"{where}: invalid ciphertext for this HE context ({exc})") from exc
-    if tuple(ct.parms_id()) != ctx.parms_id or ct.size() != 2 or not ct.is_ntt_form():
-        raise HEError(f"{where}: ciphertext of other parameters (parms_id/size/form mismatch)")
-    if ct.scale != ctx.scale:
-        raise HEError(f"{where}: ciphertext scale {ct.scale} differs from the context's {ctx.scale}")
-    return ct
+def _add_mod(acc: np.ndarray, x: np.ndarray, q: np.uint64) -> np.ndarray:
+    """acc = (acc + x) mod q, in place (both below q < 2^63)."""
+    np.add(acc, x, out=acc)
+    np.subtract(acc, q, out=acc, where=acc >= q)
+    return acc
+
+
+@dataclass(frozen=True)
+class Summed:
+    """A sum of the sites' seeded ciphertexts as the server holds it: the c0 parts added modulo q
+    (uint64, one row of N per chunk; blinded when a mask was added) and each site's seed records
+    (`count` of he_serial.SEED_RECORD_BYTES, chunk order), which stand for the c1 parts."""
+
+    c0: np.ndarray
+    seeds: list[bytes]
 
 
 class Sum:
     """Server side: the homomorphic sum of the sites' ciphertexts, one site at a time.
 
-    `add_site` loads and checks every chunk of a site before touching the sum, so a malformed
-    upload (other parameters, truncated, wrong count) raises HEError and leaves the sum as it was.
+    Only the c0 parts are added (numpy, modulo q); each site's PRNG seeds are kept and forwarded
+    to the decrypting site, which expands them into the c1 parts. `add_site` reads and checks
+    every chunk of a site before touching the sum, so a malformed upload (other parameters,
+    truncated, wrong count) raises HEError and leaves the sum as it was.
     """
 
     def __init__(self, public_ctx: bytes, count: int) -> None:
@@ -308,8 +286,12 @@ class Sum:
             raise HEError(f"a sum needs at least one ciphertext per site, expected >= 1, got {count}")
         self._ctx = _load(bytes(public_ctx))
         self.count = count
-        self.sites = 0
-        self._acc: list[sealapi.Ciphertext] = []
+        self._c0 = np.zeros((count, POLY_MODULUS_DEGREE), dtype=np.uint64)
+        self._seeds: list[bytes] = []
+
+    @property
+    def sites(self) -> int:
+        return len(self._seeds)
 
     def add_site(self, chunks: list[bytes], where: str = "site") -> None:
         """Add one site's ciphertexts; HEError (naming `where` and the chunk) if any is invalid."""
@@ -319,39 +301,28 @@ class Sum:
         if not isinstance(chunks, (list, tuple)) or len(chunks) != self.count:
             got = len(chunks) if isinstance(chunks, (list, tuple)) else type(chunks).__name__
             raise HEError(f"{where} sent {got} ciphertexts, expected {self.count}")
-        with _scratch() as path:
-            loaded = [_load_ciphertext(ctx, data, path, f"{where} chunk {c}") for c, data in enumerate(chunks)]
-        if not self._acc:
-            self._acc = loaded
-        else:
-            for acc, ct in zip(self._acc, loaded):
-                ctx.evaluator.add_inplace(acc, ct)
-        self.sites += 1
+        c0 = np.empty_like(self._c0)
+        seeds = []
+        for c, data in enumerate(chunks):
+            c0[c], seed = seeded_parts(data, ctx.parms_id, ctx.scale, ctx.modulus, POLY_MODULUS_DEGREE,
+                                       f"{where} chunk {c}")
+            seeds.append(seed)
+        _add_mod(self._c0, c0, np.uint64(ctx.modulus))
+        self._seeds.append(b"".join(seeds))
 
-    def _require_sites(self) -> None:
+    def total(self) -> Summed:
+        """The sum as it is (whoever decrypts it learns the sum)."""
         if not self.sites:
             raise HEError("the sum holds no site yet")
+        return Summed(self._c0.copy(), list(self._seeds))
 
-    def ciphertexts(self) -> list[bytes]:
-        """The summed ciphertexts, serialized."""
-        self._require_sites()
-        with _scratch() as path:
-            return [_save(ct, path) for ct in self._acc]
-
-    def blinded(self) -> tuple[list[bytes], np.ndarray]:
+    def blinded(self) -> tuple[Summed, np.ndarray]:
         """The sum plus a fresh random mask, uniform modulo q on every plaintext coefficient, and
         that mask (uint64, one row per chunk). Whoever decrypts the blinded sum learns nothing
         about the sum; `unblind` removes the mask from the decrypted coefficients."""
-        self._require_sites()
-        ctx = self._ctx
-        mask = _uniform_mod(ctx.modulus, (self.count, POLY_MODULUS_DEGREE))
-        out = []
-        with _scratch() as path:
-            for acc, row in zip(self._acc, mask):
-                blinded = sealapi.Ciphertext()
-                ctx.evaluator.add_plain(acc, _plaintext(ctx, row, path), blinded)
-                out.append(_save(blinded, path))
-        return out, mask
+        total = self.total()
+        mask = _uniform_mod(self._ctx.modulus, total.c0.shape)
+        return Summed(_add_mod(total.c0, mask, np.uint64(self._ctx.modulus)), total.seeds), mask
 
 
 def _uniform_mod(q: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -365,38 +336,7 @@ def _uniform_mod(q: int, shape: tuple[int, ...]) -> np.ndarray:
     return out[:size].reshape(shape)
 
 
-@functools.cache
-def _seal_version() -> bytes:
-    """SEAL's serialization version bytes (major, minor), read from an object SEAL saved."""
-    with _scratch() as path:
-        header = _save(sealapi.Plaintext(), path)[:16]
-    return header[3:5]
-
-
-def _serial_header(size: int) -> bytes:
-    """A SEAL serialization header: magic, header size, version, no compression, total size."""
-    return struct.pack("<HB", 0xA15E, 16) + _seal_version() + struct.pack("<BHQ", 0, 0, size)
-
-
-def _plaintext(ctx: _Ctx, coeffs: np.ndarray, path: str) -> sealapi.Plaintext:
-    """A CKKS plaintext (NTT form, this context's parms_id and scale) holding `coeffs` (uint64 < q).
-
-    sealapi offers no way to set coefficients, so the plaintext is written in SEAL's own
-    uncompressed serialization and loaded back; SEAL checks every coefficient is below q."""
-    coeffs = np.ascontiguousarray(coeffs, dtype="<u8")
-    data = struct.pack("<Q", coeffs.size) + coeffs.tobytes()
-    body = (struct.pack("<4Q", *ctx.parms_id) + struct.pack("<Qd", coeffs.size, ctx.scale)
-            + _serial_header(16 + len(data)) + data)
-    _put(_serial_header(16 + len(body)) + body, path)
-    plain = sealapi.Plaintext()
-    try:
-        plain.load(ctx.seal, path)
-    except Exception as exc:
-        raise HEError(f"invalid plaintext coefficients for this HE context ({exc})") from exc
-    return plain
-
-
-def add(ciphertexts_per_site: list[list[bytes]], public_ctx: bytes) -> list[bytes]:
+def add(ciphertexts_per_site: list[list[bytes]], public_ctx: bytes) -> Summed:
     """Server side: the homomorphic sum, chunk by chunk, of every site's ciphertexts."""
     sites = list(ciphertexts_per_site)
     if not sites:
@@ -404,47 +344,58 @@ def add(ciphertexts_per_site: list[list[bytes]], public_ctx: bytes) -> list[byte
     total = Sum(public_ctx, len(sites[0]) if isinstance(sites[0], (list, tuple)) else 0)
     for i, site in enumerate(sites):
         total.add_site(site, f"site {i}")
-    return total.ciphertexts()
+    return total.total()
 
 
-def decrypt(summed: list[bytes], secret_ctx: bytes, length: int) -> np.ndarray:
-    """Site side: the float64 vector (first `length` reals) of a summed ciphertext list."""
+def _load_ciphertext(ctx: _Ctx, data: bytes, path: str, where: str) -> sealapi.Ciphertext:
+    put(data, path)
+    ct = sealapi.Ciphertext()
+    try:
+        ct.load(ctx.seal, path)  # SEAL checks header, size, parms_id, coefficient ranges and seed
+    except Exception as exc:
+        raise HEError(f"{where}: invalid ciphertext for this HE context ({exc})") from exc
+    return ct
+
+
+def decrypt_raw(summed: Summed, secret_ctx: bytes) -> np.ndarray:
+    """Site side: the plaintext coefficients (uint64, one row of N per chunk) of a sum, not
+    decoded. For a blinded sum they look uniformly random to the site; the server unblinds them.
+
+    Each chunk's ciphertext is rebuilt from the summed c0 and the c1 parts SEAL expands from
+    every site's seed."""
     ctx = _secret(secret_ctx)
-    if length < 1 or len(summed) != n_chunks(length):
-        raise HEError(f"{len(summed)} ciphertexts cannot hold {length} values "
-                      f"(expected {n_chunks(length)})")
-    decryptor, encoder = ctx.decryptor, ctx.encoder
+    c0, seeds = summed.c0, summed.seeds
+    if not (isinstance(c0, np.ndarray) and c0.dtype == np.uint64 and c0.ndim == 2
+            and c0.shape[0] >= 1 and c0.shape[1] == POLY_MODULUS_DEGREE):
+        raise HEError(f"a sum to decrypt holds c0 rows of {POLY_MODULUS_DEGREE} uint64 values, got "
+                      f"{getattr(c0, 'shape', None)} ({getattr(c0, 'dtype', type(c0).__name__)})")
+    count, record = c0.shape[0], SEED_RECORD_BYTES
+    if (not isinstance(seeds, (list, tuple)) or not 1 <= len(seeds) <= ctx.max_sites
+            or not all(isinstance(s, bytes) and len(s) == count * record for s in seeds)):
+        raise HEError(f"a sum to decrypt holds 1 to {ctx.max_sites} sites' seed records of {count * record} bytes")
+    zeros = np.zeros(POLY_MODULUS_DEGREE, dtype=np.uint64)
     plain = sealapi.Plaintext()
-    out = np.empty(len(summed) * CHUNK)
-    with _scratch() as path:
-        for c, data in enumerate(summed):
-            decryptor.decrypt(_load_ciphertext(ctx, data, path, f"sum chunk {c}"), plain)
-            z = np.asarray(encoder.decode_complex(plain))
-            out[c * CHUNK:(c + 1) * CHUNK:2] = z.real
-            out[c * CHUNK + 1:(c + 1) * CHUNK:2] = z.imag
-    return out[:length]
-
-
-def decrypt_raw(blinded: list[bytes], secret_ctx: bytes, count: int) -> np.ndarray:
-    """Site side: the plaintext coefficients (uint64, one row of N per chunk) of `count` blinded
-    ciphertexts, not decoded: they look uniformly random to the site; the server unblinds them."""
-    ctx = _secret(secret_ctx)
-    if not isinstance(blinded, (list, tuple)) or len(blinded) != count:
-        raise HEError(f"decryption request holds {len(blinded) if isinstance(blinded, (list, tuple)) else 0} "
-                      f"ciphertexts, expected {count}")
-    plain = sealapi.Plaintext()
-    out = np.empty((count, POLY_MODULUS_DEGREE), dtype=np.uint64)
-    with _scratch() as path:
-        for c, data in enumerate(blinded):
-            ctx.decryptor.decrypt(_load_ciphertext(ctx, data, path, f"blinded chunk {c}"), plain)
-            out[c] = [plain.data(i) for i in range(POLY_MODULUS_DEGREE)]
+    out = np.empty_like(c0)
+    with scratch() as path:
+        for c in range(count):
+            total = None
+            for i, site in enumerate(seeds):
+                data = seeded_ciphertext(ctx.parms_id, ctx.scale, c0[c] if i == 0 else zeros,
+                                         site[c * record:(c + 1) * record])
+                ct = _load_ciphertext(ctx, data, path, f"sum chunk {c} (site {i})")
+                if total is None:
+                    total = ct
+                else:
+                    ctx.evaluator.add_inplace(total, ct)
+            ctx.decryptor.decrypt(total, plain)
+            out[c] = plaintext_coefficients(save(plain, path), POLY_MODULUS_DEGREE, f"decrypted chunk {c}")
     return out
 
 
-def unblind(raw: np.ndarray, mask: np.ndarray, public_ctx: bytes, length: int) -> np.ndarray:
+def unblind(raw: np.ndarray, mask: np.ndarray, ctx_bytes: bytes, length: int) -> np.ndarray:
     """Server side: the float64 sum (first `length` reals) from the decrypted coefficients of the
     blinded sum and the mask `Sum.blinded` returned."""
-    ctx = _load(bytes(public_ctx))
+    ctx = _load(bytes(ctx_bytes))
     raw = np.asarray(raw)
     if raw.dtype != np.uint64 or raw.shape != mask.shape or length < 1 or raw.shape[0] != n_chunks(length):
         raise HEError(f"decrypted coefficients of shape {raw.shape} ({raw.dtype}) do not match the "
@@ -454,9 +405,23 @@ def unblind(raw: np.ndarray, mask: np.ndarray, public_ctx: bytes, length: int) -
         raise HEError("decrypted coefficients out of range (not below the modulus)")
     coeffs = np.where(raw >= mask, raw - mask, raw + (q - mask))
     out = np.empty(raw.shape[0] * CHUNK)
-    with _scratch() as path:
+    decoded = sealapi.Plaintext()
+    with scratch() as path:
         for c, row in enumerate(coeffs):
-            z = np.asarray(ctx.encoder.decode_complex(_plaintext(ctx, row, path)))
+            put(plaintext(ctx.parms_id, ctx.scale, row), path)
+            try:
+                decoded.load(ctx.seal, path)  # SEAL checks every coefficient is below q
+            except Exception as exc:
+                raise HEError(f"invalid plaintext coefficients for this HE context ({exc})") from exc
+            z = np.asarray(ctx.encoder.decode_complex(decoded))
             out[c * CHUNK:(c + 1) * CHUNK:2] = z.real
             out[c * CHUNK + 1:(c + 1) * CHUNK:2] = z.imag
     return out[:length]
+
+
+def decrypt(summed: Summed, secret_ctx: bytes, length: int) -> np.ndarray:
+    """Site side: the float64 vector (first `length` reals) of an unblinded sum."""
+    if length < 1 or summed.c0.shape[0] != n_chunks(length):
+        raise HEError(f"{summed.c0.shape[0]} ciphertexts cannot hold {length} values (expected {n_chunks(length)})")
+    raw = decrypt_raw(summed, secret_ctx)
+    return unblind(raw, np.zeros_like(raw), secret_ctx, length)

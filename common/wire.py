@@ -9,7 +9,9 @@ ARRAYS = "arrays"  # ArrayRecord: model parameters (global model down, trained m
 METRICS = "metrics"  # MetricRecord: numbers a site reports
 CONFIG = "config"  # ConfigRecord: instructions from the server
 
-HE_CIPHERTEXTS = "he-ciphertexts"  # ConfigRecord (he mode): CHUNKS = the site's ciphertexts, or a blinded sum
+HE_CIPHERTEXTS = "he-ciphertexts"  # ConfigRecord (he mode): CHUNKS = a site's ciphertexts (train reply);
+#   SEEDS = every summed site's seed records (decrypt request)
+HE_SUM = "he-sum"  # ArrayRecord (he mode, decrypt request): C0 = the blinded sum's c0 parts
 SEALS = "seals"  # ConfigRecord: TAGS = one seal tag per chunk of the payload (he, masked)
 DECRYPTED = "decrypted"  # ArrayRecord (he mode, decrypt reply): COEFFICIENTS of the blinded sum
 
@@ -32,6 +34,8 @@ SEAL_SECONDS = "seal-seconds"  # METRICS: seconds spent sealing the trained weig
 
 CHUNKS = "chunks"  # list[bytes]
 TAGS = "tags"  # list[bytes]
+SEEDS = "seeds"  # list[bytes], one per site
+C0 = "c0"  # uint64 array, one row of c0 coefficients per chunk
 COEFFICIENTS = "coefficients"  # uint64 array, one row of plaintext coefficients per chunk
 ENCRYPT_SECONDS = "encrypt-seconds"  # METRICS: seconds the site spent encrypting (or masking) its update
 

@@ -140,7 +140,7 @@ def upload_bytes(reply: Message) -> int:
                for v in (_byte_list(reply.content.get(key), record_key) or []))
 
 
-def decrypt_blinded(ctx: RoundContext, result: RoundResult, blinded: list[bytes], decryptors: list[tuple[str, int]],
+def decrypt_blinded(ctx: RoundContext, result: RoundResult, blinded: he.Summed, decryptors: list[tuple[str, int]],
                     unblind: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
     """Ask one site to decrypt the blinded sum and return `unblind(its coefficients)`: the round's
     turn in the rotation first, then the next accepted site whenever one fails or does not answer
@@ -149,11 +149,12 @@ def decrypt_blinded(ctx: RoundContext, result: RoundResult, blinded: list[bytes]
         return None
     decryptors = sorted(decryptors, key=lambda d: (len(d[0]), d[0]))  # by site id, not by arrival
     start = (ctx.server_round - 1) % len(decryptors)
-    content = RecordDict({wire.HE_CIPHERTEXTS: ConfigRecord({wire.CHUNKS: blinded}),
+    content = RecordDict({wire.HE_SUM: ArrayRecord({wire.C0: Array(blinded.c0)}),
+                          wire.HE_CIPHERTEXTS: ConfigRecord({wire.SEEDS: blinded.seeds}),
                           wire.CONFIG: ConfigRecord(ctx.config)})
-    expected = (len(blinded), he.POLY_MODULUS_DEGREE)
+    expected = blinded.c0.shape
     for site, node_id in decryptors[start:] + decryptors[:start]:
-        result.bytes_down += sum(map(len, blinded))
+        result.bytes_down += blinded.c0.nbytes + sum(map(len, blinded.seeds))
         replies = send(ctx, [message(ctx, node_id, wire.DECRYPT, content)], "decrypt")
         reason = "no reply in time"
         for reply in replies:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tenseal.sealapi as sealapi
 
-from common import he
+from common import he, he_serial
 from common.errors import InputError
 
 
@@ -56,9 +56,9 @@ def test_server_cannot_encrypt_or_decrypt(keys):
     secret, public = keys
     with pytest.raises(InputError, match="secret HE context"):
         he.encrypt(np.ones(3, np.float32), 1.0, public)
-    cts = he.encrypt(np.ones(3, np.float32), 1.0, secret)
+    summed = he.add([he.encrypt(np.ones(3, np.float32), 1.0, secret)], public)
     with pytest.raises(InputError, match="secret HE context"):
-        he.decrypt(cts, public, 3)
+        he.decrypt_raw(summed, public)
 
 
 @pytest.mark.parametrize("length", [1, 7, he.CHUNK - 1, he.CHUNK, he.CHUNK + 1])
@@ -104,8 +104,6 @@ def test_ciphertext_of_other_parameters_is_refused(keys, other_keys):
     mine = he.encrypt(np.ones(5, np.float32), 1.0, secret)
     with pytest.raises(InputError, match="site 1 chunk 0"):
         he.add([mine, foreign], public)
-    with pytest.raises(InputError):
-        he.decrypt(foreign, secret, 5)
 
 
 def test_ciphertext_of_other_scale_is_refused(keys):
@@ -178,8 +176,8 @@ def test_blinded_sum_decrypts_to_noise_and_unblinds_to_the_sum(keys):
     for u in updates:
         total.add_site(he.encrypt(u, 50.0, secret))
     blinded, mask = total.blinded()
-    raw = he.decrypt_raw(blinded, secret, len(blinded))
-    plain_raw = he.decrypt_raw(total.ciphertexts(), secret, len(blinded))
+    raw = he.decrypt_raw(blinded, secret)
+    plain_raw = he.decrypt_raw(total.total(), secret)
     assert not np.array_equal(raw, plain_raw)
     q = he._load(public).modulus
     assert raw.mean() / q == pytest.approx(0.5, abs=0.01)  # uniform mod q, unlike the sum's own coefficients
@@ -203,7 +201,7 @@ def test_sum_skips_a_bad_site_and_keeps_the_rest(keys, other_keys):
         total.add_site([], "site 2")
     total.add_site(he.encrypt(x, 2.0, secret))
     assert total.sites == 2
-    out = he.decrypt(total.ciphertexts(), secret, 9)
+    out = he.decrypt(total.total(), secret, 9)
     assert np.max(np.abs(out - 3.0 * x)) < 1e-6
 
 
@@ -214,3 +212,64 @@ def test_parallel_encryption_decrypts_to_the_same_vector(keys):
     assert len(cts) == he.n_chunks(x.size)
     out = he.decrypt(he.add([cts], public), secret, x.size)
     assert np.max(np.abs(out - 2.0 * x)) < 1e-6
+
+
+def test_server_sum_is_the_c0_parts_and_the_sites_seeds(keys):
+    """The server adds c0 modulo q and keeps one seed record per chunk and site (no c1 parts)."""
+    secret, public = keys
+    x = np.linspace(-1, 1, he.CHUNK + 3).astype(np.float32)
+    uploads = [he.encrypt(x, 1.0, secret), he.encrypt(x, 2.0, secret)]
+    summed = he.add(uploads, public)
+    q = np.uint64(he._load(public).modulus)
+    parts = [[he_serial.seeded_parts(c, he._load(public).parms_id, 2.0**he.SCALE_BITS, int(q),
+                                     he.POLY_MODULUS_DEGREE, "t") for c in site] for site in uploads]
+    expected = np.stack([(a[0] + b[0]) % q for a, b in zip(*parts)])
+    assert np.array_equal(summed.c0, expected)
+    assert summed.seeds == [b"".join(p[1] for p in site) for site in parts]
+    assert len(summed.seeds[0]) == 2 * he_serial.SEED_RECORD_BYTES
+    assert np.max(np.abs(he.decrypt(summed, secret, x.size) - 3.0 * x)) < 1e-6
+
+
+def test_malformed_ciphertext_bodies_are_refused(keys):
+    """What SEAL's own loader would refuse, the server's reader refuses too."""
+    secret, public = keys
+    ctx = he._load(public)
+    (ct,) = he.encrypt(np.ones(5, np.float32), 1.0, secret)
+    c0, seed = he_serial.seeded_parts(ct, ctx.parms_id, ctx.scale, ctx.modulus, he.POLY_MODULUS_DEGREE, "t")
+    plain = he_serial.seeded_ciphertext(ctx.parms_id, ctx.scale, c0, seed)  # uncompressed: accepted too
+    assert np.array_equal(he.add([[plain]], public).c0[0], c0)
+    too_big = c0.copy()
+    too_big[7] = ctx.modulus
+    bad_type = seed[:16] + b"\x07" + seed[17:]
+    other_scale = he_serial.seeded_ciphertext(ctx.parms_id, ctx.scale * 2, c0, seed)
+    for data, reason in [(he_serial.seeded_ciphertext(ctx.parms_id, ctx.scale, too_big, seed), "modulus"),
+                         (he_serial.seeded_ciphertext(ctx.parms_id, ctx.scale, c0, bad_type), "seed"),
+                         (other_scale, "scale"),
+                         (plain + b"\x00", "header or size"),
+                         (ct + b"\x00", "header or size")]:
+        with pytest.raises(InputError, match=reason):
+            he.add([[data]], public)
+
+
+def test_compressed_size_lies_are_refused(keys):
+    """A zstd frame that declares another size (a decompression bomb, say) is refused unread."""
+    import zstandard
+
+    secret, public = keys
+    (ct,) = he.encrypt(np.ones(5, np.float32), 1.0, secret)
+    frame = zstandard.ZstdCompressor().compress(bytes(10**6))
+    bomb = ct[:8] + (16 + len(frame)).to_bytes(8, "little") + frame
+    with pytest.raises(InputError, match="other parameters"):
+        he.add([[bomb]], public)
+
+
+def test_decrypt_raw_refuses_malformed_sums(keys):
+    secret, public = keys
+    summed = he.add([he.encrypt(np.ones(5, np.float32), 1.0, secret)], public)
+    for c0, seeds in [(summed.c0.astype(np.int64), summed.seeds), (summed.c0[:, :100], summed.seeds),
+                      (summed.c0, []), (summed.c0, [summed.seeds[0][:-1]]), (summed.c0, ["text"])]:
+        with pytest.raises(InputError, match="a sum to decrypt"):
+            he.decrypt_raw(he.Summed(c0, seeds), secret)
+    bad_seed = summed.seeds[0][:16] + b"\x09" + summed.seeds[0][17:]
+    with pytest.raises(InputError, match="invalid ciphertext"):
+        he.decrypt_raw(he.Summed(summed.c0, [bad_seed]), secret)
