@@ -255,13 +255,6 @@ def encrypt(vector: np.ndarray, weight: float, secret_ctx: bytes, *, workers: in
     return out
 
 
-def _add_mod(acc: np.ndarray, x: np.ndarray, q: np.uint64) -> np.ndarray:
-    """acc = (acc + x) mod q, in place (both below q < 2^63)."""
-    np.add(acc, x, out=acc)
-    np.subtract(acc, q, out=acc, where=acc >= q)
-    return acc
-
-
 @dataclass(frozen=True)
 class Summed:
     """A sum of the sites' seeded ciphertexts as the server holds it: the c0 parts added modulo q
@@ -286,7 +279,9 @@ class Sum:
             raise HEError(f"a sum needs at least one ciphertext per site, expected >= 1, got {count}")
         self._ctx = _load(bytes(public_ctx))
         self.count = count
-        self._c0 = np.zeros((count, POLY_MODULUS_DEGREE), dtype=np.uint64)
+        self._c0 = np.zeros((count, POLY_MODULUS_DEGREE), dtype=np.uint64)  # reduced modulo q lazily
+        self._headroom = 2**64 // self._ctx.modulus - 1  # sites' c0 (each < q) that fit in uint64
+        self._unreduced = 0
         self._seeds: list[bytes] = []
 
     @property
@@ -301,28 +296,38 @@ class Sum:
         if not isinstance(chunks, (list, tuple)) or len(chunks) != self.count:
             got = len(chunks) if isinstance(chunks, (list, tuple)) else type(chunks).__name__
             raise HEError(f"{where} sent {got} ciphertexts, expected {self.count}")
-        c0 = np.empty_like(self._c0)
-        seeds = []
-        for c, data in enumerate(chunks):
-            c0[c], seed = seeded_parts(data, ctx.parms_id, ctx.scale, ctx.modulus, POLY_MODULUS_DEGREE,
-                                       f"{where} chunk {c}")
-            seeds.append(seed)
-        _add_mod(self._c0, c0, np.uint64(ctx.modulus))
+        if self._unreduced == self._headroom:
+            self._c0 %= np.uint64(ctx.modulus)
+            self._unreduced = 1
+        added, seeds = [], []
+        try:
+            for c, data in enumerate(chunks):
+                c0, seed = seeded_parts(data, ctx.parms_id, ctx.scale, ctx.modulus, POLY_MODULUS_DEGREE,
+                                        f"{where} chunk {c}")
+                np.add(self._c0[c], c0, out=self._c0[c])
+                added.append(c0)
+                seeds.append(seed)
+        except HEError:
+            for c, c0 in enumerate(added):  # take this site out again: the sum is as it was
+                np.subtract(self._c0[c], c0, out=self._c0[c])
+            raise
+        self._unreduced += 1
         self._seeds.append(b"".join(seeds))
 
     def total(self) -> Summed:
         """The sum as it is (whoever decrypts it learns the sum)."""
         if not self.sites:
             raise HEError("the sum holds no site yet")
-        return Summed(self._c0.copy(), list(self._seeds))
+        return Summed(self._c0 % np.uint64(self._ctx.modulus), list(self._seeds))
 
     def blinded(self) -> tuple[Summed, np.ndarray]:
         """The sum plus a fresh random mask, uniform modulo q on every plaintext coefficient, and
         that mask (uint64, one row per chunk). Whoever decrypts the blinded sum learns nothing
         about the sum; `unblind` removes the mask from the decrypted coefficients."""
         total = self.total()
-        mask = _uniform_mod(self._ctx.modulus, total.c0.shape)
-        return Summed(_add_mod(total.c0, mask, np.uint64(self._ctx.modulus)), total.seeds), mask
+        q = self._ctx.modulus
+        mask = _uniform_mod(q, total.c0.shape)
+        return Summed((total.c0 + mask) % np.uint64(q), total.seeds), mask
 
 
 def _uniform_mod(q: int, shape: tuple[int, ...]) -> np.ndarray:

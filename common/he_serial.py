@@ -108,9 +108,9 @@ def _unwrap(data: object, body_size: int, where: str) -> bytes:
     magic, head, major, minor, compression, _, total = _HEADER.unpack_from(data)
     if magic != _MAGIC or head != _HEADER.size or (major, minor) != _version() or total != len(data):
         raise HEError(f"{where}: not a SEAL {_version()[0]}.{_version()[1]} object (bad header or size)")
-    payload = bytes(data[_HEADER.size:])
+    payload = memoryview(data)[_HEADER.size:]
     if compression == _NONE:
-        body = payload
+        body = bytes(payload)
     elif compression == _ZSTD:
         try:  # the declared size is checked first: it bounds what decompression may allocate
             if zstandard.frame_content_size(payload) != body_size:

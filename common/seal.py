@@ -14,12 +14,14 @@ Safe recipes on top of the watermark and the keys: callers never assemble a tag 
 from __future__ import annotations
 
 import hashlib
-import hmac
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from common import watermark
 from common.errors import InputError, TamperError
@@ -116,23 +118,31 @@ def _describe(report: watermark.WatermarkReport) -> str:
 
 # --- chunked payloads (ciphertexts, masked vectors) ----------------------------------------------
 
-CHUNK_TAG_BYTES = 32
+CHUNK_NONCE_BYTES = 12
+CHUNK_TAG_BYTES = CHUNK_NONCE_BYTES + 16  # a random nonce, then the GMAC tag
 
 
-def _chunk_tags(chunks: Sequence[bytes], seal_key: bytes, run_id: str, server_round: int, client_id: str,
-                kind: str) -> list[bytes]:
-    key = derive_round_key(seal_key, _name(run_id, "run name"), server_round, _name(client_id, "site id"),
-                           f"chunk-seal:{kind}")
-    count = len(chunks).to_bytes(8, "big")
-    return [hmac.digest(key, index.to_bytes(8, "big") + count + bytes(chunk), "sha256")
-            for index, chunk in enumerate(chunks)]
+def _chunk_gmac(seal_key: bytes, run_id: str, server_round: int, client_id: str, kind: str) -> AESGCM:
+    return AESGCM(derive_round_key(seal_key, _name(run_id, "run name"), server_round, _name(client_id, "site id"),
+                                   f"chunk-seal:{kind}"))
+
+
+def _bound(index: int, count: int, chunk: bytes) -> bytes:
+    return index.to_bytes(8, "big") + count.to_bytes(8, "big") + bytes(chunk)
 
 
 def seal_chunks(chunks: Sequence[bytes], seal_key: bytes, run_id: str, server_round: int, client_id: str,
                 kind: str) -> list[bytes]:
-    """One HMAC-SHA256 tag per chunk (key derived from the site's seal key for this run, round,
-    site and payload `kind`; the chunk's index and the chunk count are bound in)."""
-    return _chunk_tags(chunks, seal_key, run_id, server_round, client_id, kind)
+    """One tag per chunk: a fresh random 96-bit nonce and the GMAC (AES-256-GCM authenticating the
+    chunk, encrypting nothing) under a key derived from the site's seal key for this run, round,
+    site and payload `kind`; the chunk's index and the chunk count are bound in. GMAC runs at
+    several GB/s where HMAC-SHA256 manages one; random nonces stay safe if a site seals twice."""
+    gmac = _chunk_gmac(seal_key, run_id, server_round, client_id, kind)
+    tags = []
+    for index, chunk in enumerate(chunks):
+        nonce = os.urandom(CHUNK_NONCE_BYTES)
+        tags.append(nonce + gmac.encrypt(nonce, b"", _bound(index, len(chunks), chunk)))
+    return tags
 
 
 def check_chunks(chunks: Sequence[bytes], tags: Sequence[bytes], seal_key: bytes, run_id: str, server_round: int,
@@ -140,15 +150,25 @@ def check_chunks(chunks: Sequence[bytes], tags: Sequence[bytes], seal_key: bytes
     """Raise SealError naming the failing chunks unless every chunk carries its valid tag."""
     if len(tags) != len(chunks):
         raise SealError(f"{len(tags)} seal tags for {len(chunks)} chunks")
-    expected = _chunk_tags(chunks, seal_key, run_id, server_round, client_id, kind)
-    bad = [i for i, (tag, good) in enumerate(zip(tags, expected))
-           if not hmac.compare_digest(bytes(tag), good)]
+    gmac = _chunk_gmac(seal_key, run_id, server_round, client_id, kind)
+    bad = [i for i, (chunk, tag) in enumerate(zip(chunks, tags))
+           if not _tag_holds(gmac, bytes(tag), _bound(i, len(chunks), chunk))]
     if len(bad) == len(chunks):
         raise SealError(f"every chunk fails its seal ({len(chunks)} of {len(chunks)}): tampered, or not sealed "
                         f"by this site for this run and round (wrong key, replayed or forged)")
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         raise SealError(f"{len(bad)} of {len(chunks)} chunks fail the seal (chunk {shown})")
+
+
+def _tag_holds(gmac: AESGCM, tag: bytes, data: bytes) -> bool:
+    if len(tag) != CHUNK_TAG_BYTES:
+        return False
+    try:
+        gmac.decrypt(tag[:CHUNK_NONCE_BYTES], tag[CHUNK_NONCE_BYTES:], data)  # checks in constant time
+    except InvalidTag:
+        return False
+    return True
 
 
 # --- the global model --------------------------------------------------------------------------

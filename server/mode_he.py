@@ -17,13 +17,12 @@ from flwr.common.logger import log
 from common import he, wire
 from common.errors import KeyFileError
 from common.models import flatten, param_count, unflatten
-from common.seal import SealError, check_chunks
+from common.seal import CHUNK_TAG_BYTES, SealError, check_chunks
 from server.checks import Verdict, num_examples_of, payload_bytes, refusal_of, site_of
 from server.rounds import (RoundContext, RoundResult, enough, message, note_accepted, note_refusal, note_rejection,
                            send, site_metrics, train_messages)
 
 PAYLOAD_KIND = "he"  # the kind the sites bind into their chunk seals (client/mode_he.py)
-TAG_BYTES = 32
 MAX_CHUNK_BYTES = 2 * 8 * he.POLY_MODULUS_DEGREE + 4096  # an unseeded ciphertext, with room for headers
 
 
@@ -105,7 +104,7 @@ def check_he_reply(reply: Message, ctx: RoundContext, count: int) -> tuple[Verdi
         return reject(f"no list of seal tags under {wire.SEALS!r}")
     if len(chunks) != count:
         return reject(f"{len(chunks)} ciphertexts, expected {count} for this model")
-    if any(len(c) > MAX_CHUNK_BYTES for c in chunks) or any(len(t) != TAG_BYTES for t in tags):
+    if any(len(c) > MAX_CHUNK_BYTES for c in chunks) or any(len(t) != CHUNK_TAG_BYTES for t in tags):
         return reject("a ciphertext or seal tag has an impossible size")
     n = num_examples_of(reply)
     if isinstance(n, str):
