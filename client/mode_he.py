@@ -49,4 +49,4 @@ def decrypt_blinded(content: RecordDict, keys: ClientKeys) -> np.ndarray:
         seeds = list(content[wire.HE_CIPHERTEXTS][wire.SEEDS])
     except (KeyError, TypeError, ValueError) as exc:
         raise he.HEError(f"malformed decrypt request: {exc}") from exc
-    return he.decrypt_raw(he.Summed(c0, seeds), keys.he_secret_context())
+    return he.decrypt_raw(he.Summed(c0, seeds), keys.he_secret_context(), workers=os.cpu_count() or 1)

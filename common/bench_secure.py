@@ -121,7 +121,7 @@ def bench_he(w: Workload, repeat: int, workers: int) -> dict:
 
     def final() -> np.ndarray:
         blinded, mask = total.blinded()
-        return he.unblind(he.decrypt_raw(blinded, secret), mask, public, w.params)
+        return he.unblind(he.decrypt_raw(blinded, secret, workers=workers), mask, public, w.params)
 
     final_s, summed = best(1, final)
     upload = sum(map(len, uploads[0][0])) + sum(map(len, uploads[0][1]))

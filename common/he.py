@@ -208,8 +208,14 @@ PARALLEL_MIN_CHUNKS = 64  # below this many ciphertexts, starting worker process
 
 @functools.cache
 def _pool(workers: int) -> ProcessPoolExecutor:
-    # fork: the workers inherit the loaded SEAL module; they only ever run `encrypt`
+    # fork: the workers inherit the loaded SEAL module; they only ever run `encrypt` and `decrypt_raw`
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+
+def _spans(count: int, workers: int) -> list[tuple[int, int]]:
+    """`count` chunks cut into at most `workers` contiguous (start, stop) spans."""
+    per = -(-count // workers)
+    return [(a, min(a + per, count)) for a in range(0, count, per)]
 
 
 def _encrypt_part(args: tuple) -> list[bytes]:
@@ -224,8 +230,7 @@ def encrypt(vector: np.ndarray, weight: float, secret_ctx: bytes, *, workers: in
     encrypted by that many worker processes (kept for later calls); the result is the same list."""
     x = np.asarray(vector)
     if workers > 1 and x.ndim == 1 and n_chunks(x.size) >= PARALLEL_MIN_CHUNKS:
-        per = -(-n_chunks(x.size) // workers) * CHUNK
-        parts = [(x[i:i + per], weight, secret_ctx) for i in range(0, x.size, per)]
+        parts = [(x[a * CHUNK:b * CHUNK], weight, secret_ctx) for a, b in _spans(n_chunks(x.size), workers)]
         return [c for chunks in _pool(workers).map(_encrypt_part, parts) for c in chunks]
     ctx = _secret(secret_ctx)
     x = np.asarray(vector)
@@ -362,12 +367,18 @@ def _load_ciphertext(ctx: _Ctx, data: bytes, path: str, where: str) -> sealapi.C
     return ct
 
 
-def decrypt_raw(summed: Summed, secret_ctx: bytes) -> np.ndarray:
+def _decrypt_part(args: tuple) -> np.ndarray:
+    summed, secret_ctx = args
+    return decrypt_raw(summed, secret_ctx)
+
+
+def decrypt_raw(summed: Summed, secret_ctx: bytes, *, workers: int = 1) -> np.ndarray:
     """Site side: the plaintext coefficients (uint64, one row of N per chunk) of a sum, not
     decoded. For a blinded sum they look uniformly random to the site; the server unblinds them.
 
     Each chunk's ciphertext is rebuilt from the summed c0 and the c1 parts SEAL expands from
-    every site's seed."""
+    every site's seed, so the work grows with the number of sites; with `workers` > 1 and at
+    least PARALLEL_MIN_CHUNKS ciphertexts to rebuild, worker processes share the chunks."""
     ctx = _secret(secret_ctx)
     c0, seeds = summed.c0, summed.seeds
     if not (isinstance(c0, np.ndarray) and c0.dtype == np.uint64 and c0.ndim == 2
@@ -378,6 +389,10 @@ def decrypt_raw(summed: Summed, secret_ctx: bytes) -> np.ndarray:
     if (not isinstance(seeds, (list, tuple)) or not 1 <= len(seeds) <= ctx.max_sites
             or not all(isinstance(s, bytes) and len(s) == count * record for s in seeds)):
         raise HEError(f"a sum to decrypt holds 1 to {ctx.max_sites} sites' seed records of {count * record} bytes")
+    if workers > 1 and count > 1 and count * len(seeds) >= PARALLEL_MIN_CHUNKS:
+        parts = [(Summed(c0[a:b], [s[a * record:b * record] for s in seeds]), secret_ctx)
+                 for a, b in _spans(count, workers)]
+        return np.concatenate(list(_pool(workers).map(_decrypt_part, parts)))
     zeros = np.zeros(POLY_MODULUS_DEGREE, dtype=np.uint64)
     plain = sealapi.Plaintext()
     out = np.empty_like(c0)

@@ -205,13 +205,16 @@ def test_sum_skips_a_bad_site_and_keeps_the_rest(keys, other_keys):
     assert np.max(np.abs(out - 3.0 * x)) < 1e-6
 
 
-def test_parallel_encryption_decrypts_to_the_same_vector(keys):
+def test_parallel_encryption_and_decryption_give_the_same_results(keys):
     secret, public = keys
     x = np.random.default_rng(3).normal(0, 0.1, he.PARALLEL_MIN_CHUNKS * he.CHUNK + 5).astype(np.float32)
     cts = he.encrypt(x, 2.0, secret, workers=2)
     assert len(cts) == he.n_chunks(x.size)
-    out = he.decrypt(he.add([cts], public), secret, x.size)
-    assert np.max(np.abs(out - 2.0 * x)) < 1e-6
+    summed = he.add([cts, cts], public)
+    raw = he.decrypt_raw(summed, secret, workers=2)
+    assert np.array_equal(raw, he.decrypt_raw(summed, secret))
+    out = he.unblind(raw, np.zeros_like(raw), public, x.size)
+    assert np.max(np.abs(out - 4.0 * x)) < 1e-5  # a sum of two sites
 
 
 def test_server_sum_is_the_c0_parts_and_the_sites_seeds(keys):
