@@ -114,14 +114,15 @@ def test_flatten_unflatten_round_trip():
 
 
 def test_mask_stream_test_vector():
-    """Pins the mask format: HKDF labels, AES-256-CTR with a zero counter block, little-endian words."""
+    """Pins the mask format: HKDF labels, a 16-byte HKDF-SHA256 key, AES-128-CTR with a zero
+    counter block, little-endian words (values checked with pycryptodome and a by-hand HKDF)."""
     key = masking.self_mask_key(bytes(range(32)), masking.round_context("run", 1), "0")
     assert key.hex() == SELF_KEY_VECTOR
     assert masking.mask_words(key, 4).tolist() == SELF_WORDS_VECTOR
 
 
-SELF_KEY_VECTOR = "b39d1977916569ff139d1d116f086fc5b1403efe0c9994cb2b418e5cb709aa9a"
-SELF_WORDS_VECTOR = [697532752, 4265703851, 839342251, 278632674]
+SELF_KEY_VECTOR = "cf5e7f93207f962848cfb67ddae2d2e5"
+SELF_WORDS_VECTOR = [1216475081, 3417179039, 1178680024, 4233224412]
 
 
 def _fold32(seed: bytes) -> int:
@@ -188,6 +189,25 @@ def test_pairwise_masks_cancel_and_fused_path_equals_separate_steps():
     self_key = masking.self_mask_key(os.urandom(32), CTX, "0")
     masked = masking.mask_update(d[0], 0.5, q, [(self_key, 1)])
     assert np.array_equal(masking.apply_masks(masked.copy(), [(self_key, -1)]), q.quantize(d[0], 0.5))
+
+
+def test_vectors_split_across_threads_equal_one_pass(monkeypatch):
+    """Large vectors are masked in one part per core, each part's streams started at its block
+    counter: the words equal the single-threaded pass, and a part's NaN still raises."""
+    size = 5 * masking.WORK_CHUNK + 17
+    d = np.random.default_rng(2).normal(0, 0.01, size).astype(np.float32)
+    q = Quantizer(3)
+    masks = [(masking.self_mask_key(os.urandom(32), CTX, "0"), 1), (os.urandom(16), -1)]
+    one = masking.mask_update(d, 0.5, q, masks)
+    monkeypatch.setattr(masking, "_CORES", 3)
+    monkeypatch.setattr(masking, "SPLIT_MIN", masking.WORK_CHUNK)
+    assert np.array_equal(masking.mask_update(d, 0.5, q, masks), one)
+    expected = q.quantize(d, 0.5) + masking.mask_words(masks[0][0], size) - masking.mask_words(masks[1][0], size)
+    assert np.array_equal(one, expected)
+    assert np.array_equal(masking.apply_masks(one.copy(), [(k, -s) for k, s in masks]), q.quantize(d, 0.5))
+    d[-1] = np.nan  # in the last part, not the calling thread's
+    with pytest.raises(InputError):
+        masking.mask_update(d, 0.5, q, masks)
 
 
 def test_numeric_ids_order_as_numbers():
