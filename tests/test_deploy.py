@@ -2,7 +2,7 @@
 authentication and process isolation (server/deploy_local.py, scripts/deploy-local.sh).
 
 Two deployments, each shared by the tests that need it, so the module stays within a few minutes:
-- `scripts/deploy-local.sh --mode <every mode in SECURE_MODES> --clients 3 --rounds 2`, end to
+- `scripts/deploy-local.sh --mode <every mode in SECURE_MODES> --clients 3 --rounds 1`, end to
   end, next to `fedseal simulate` of the same settings (run at the same time);
 - an in-process `Deployment` of 3 sites for the faults: an unregistered SuperNode, and one run
   in which site 1's round-1 reply is tampered and site 2 is killed when round 2 starts.
@@ -30,7 +30,7 @@ from tests.simrun import assert_no_leftovers
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENTS, ROUNDS, SEED = 3, 2, 0
+CLIENTS, ROUNDS, SEED = 3, 1, 0  # one round per mode: each message starts a ClientApp process (~15 s)
 TEST_EXAMPLES = 113  # breast-cancer's global test split
 # Sites standardize their own CSV and seed their local steps by their file, the simulation uses the
 # global statistics and partition ids: same partitions and rounds, so the accuracies agree to a
