@@ -1,8 +1,9 @@
 """`he` mode: sites send their update times their example count, CKKS-encrypted under the
 federation's key that only sites hold; the server checks every ciphertext's seal, adds the
-ciphertexts, blinds the sum with a random mask, has one site decrypt it (rotating per round;
-the next one if it does not answer), removes the mask and divides by the total example count.
-The server never holds the CKKS secret key: it sees ciphertexts, and the sum."""
+ciphertexts (their c0 parts; the seeds that stand for c1 are kept), blinds the sum with a random
+mask, has one site decrypt it (rotating per round; the next one if it does not answer), removes
+the mask and divides by the total example count. The server never holds the CKKS secret key: it
+sees ciphertexts, and the sum."""
 
 from __future__ import annotations
 
