@@ -114,15 +114,19 @@ def test_flatten_unflatten_round_trip():
 
 
 def test_mask_stream_test_vector():
-    """Pins the mask format: HKDF labels, a 16-byte HKDF-SHA256 key, AES-128-CTR with a zero
-    counter block, little-endian words (values checked with pycryptodome and a by-hand HKDF)."""
+    """Pins the mask format: HKDF labels, a 16-byte HKDF-SHA256 key, AES-128-CTR with the segment
+    index as 96-bit nonce and a 32-bit block counter from 2, little-endian words (values checked
+    with pycryptodome's AES-CTR and a by-hand HKDF)."""
     key = masking.self_mask_key(bytes(range(32)), masking.round_context("run", 1), "0")
     assert key.hex() == SELF_KEY_VECTOR
-    assert masking.mask_words(key, 4).tolist() == SELF_WORDS_VECTOR
+    words = masking.mask_words(key, masking.SEGMENT + 4)
+    assert words[:4].tolist() == SELF_WORDS_VECTOR
+    assert words[-4:].tolist() == SELF_WORDS_SEGMENT_1
 
 
 SELF_KEY_VECTOR = "cf5e7f93207f962848cfb67ddae2d2e5"
-SELF_WORDS_VECTOR = [1216475081, 3417179039, 1178680024, 4233224412]
+SELF_WORDS_VECTOR = [4111511202, 3392652839, 1611944060, 1412012343]
+SELF_WORDS_SEGMENT_1 = [2612355922, 599078091, 3402152433, 2385544133]
 
 
 def _fold32(seed: bytes) -> int:
@@ -192,15 +196,16 @@ def test_pairwise_masks_cancel_and_fused_path_equals_separate_steps():
 
 
 def test_vectors_split_across_threads_equal_one_pass(monkeypatch):
-    """Large vectors are masked in one part per core, each part's streams started at its block
-    counter: the words equal the single-threaded pass, and a part's NaN still raises."""
+    """Large vectors are masked in one part per core, cut at keystream segments: the words equal
+    the single-threaded pass, and a part's NaN still raises."""
     size = 5 * masking.WORK_CHUNK + 17
     d = np.random.default_rng(2).normal(0, 0.01, size).astype(np.float32)
     q = Quantizer(3)
     masks = [(masking.self_mask_key(os.urandom(32), CTX, "0"), 1), (os.urandom(16), -1)]
+    monkeypatch.setattr(masking, "SEGMENT", masking.WORK_CHUNK)  # 6 segments
+    monkeypatch.setattr(masking, "_CORES", 1)
     one = masking.mask_update(d, 0.5, q, masks)
     monkeypatch.setattr(masking, "_CORES", 3)
-    monkeypatch.setattr(masking, "SPLIT_MIN", masking.WORK_CHUNK)
     assert np.array_equal(masking.mask_update(d, 0.5, q, masks), one)
     expected = q.quantize(d, 0.5) + masking.mask_words(masks[0][0], size) - masking.mask_words(masks[1][0], size)
     assert np.array_equal(one, expected)
