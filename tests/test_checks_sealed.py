@@ -157,9 +157,13 @@ def test_refusal_of_the_global_model_is_reported_as_refused(fed, spec):
 
 
 def test_tampered_reply_rejected_naming_tensor_and_block_or_recovered(fed, model, spec):
+    """Two tampered blocks are rejected and named; one is restored bit-exactly. (This model has
+    18 blocks: one tampered block was restored for 300 of 300 random keys, two for 179 of 200,
+    so restoring two would fail about one run in ten.)"""
     sealed = sealed_by(fed, model)
     # one bit in block 3 of net.0.weight (parameters 192..255), one in block 0 of net.2.weight
-    tampered = flip(flip(sealed, "net.0.weight", 3 * 64 + 17, 23), "net.2.weight", 5, 30)
+    one = flip(sealed, "net.0.weight", 3 * 64 + 17, 23)
+    tampered = flip(one, "net.2.weight", 5, 30)
 
     rejected = check(fed, reply(tampered), spec, recover=False)
     assert not rejected.accepted and "seal check failed" in rejected.reason
@@ -168,7 +172,7 @@ def test_tampered_reply_rejected_naming_tensor_and_block_or_recovered(fed, model
     assert all(not blocks for name, blocks in rejected.tampered.items()
                if name not in ("net.0.weight", "net.2.weight"))
 
-    restored = check(fed, reply(tampered), spec, recover=True)
+    restored = check(fed, reply(one), spec, recover=True)
     assert restored.accepted and restored.update_recovered
     assert restored.tampered is not None and 3 in restored.tampered["net.0.weight"]
     assert bits_equal(restored.update.arrays, strip(sealed))  # bit-exactly what the site sealed
