@@ -575,7 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of scripts/deploy-local.sh: exit 0 when every run finished, 1 if one failed,
     2 on bad usage, 130 on Ctrl-C or SIGTERM."""
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops the deployment like Ctrl-C
+    # Ctrl-C stops the deployment even when a background job started us with SIGINT ignored (Python
+    # then installs no KeyboardInterrupt handler of its own); a SIGTERM stops it the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     say = lambda text: print(f"deploy-local: {text}", flush=True)  # noqa: E731
     try:
         modes = parse_modes(args.mode)
