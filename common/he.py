@@ -17,17 +17,19 @@ Three levers against the common TenSEAL default (N=8192 [60,40,40], 14.4x the fl
   whose save() ships a 64-byte PRNG seed instead of the second polynomial c1;
 - complex packing: slot k carries x[2k] in its real part and x[2k+1] in its imaginary part, so one
   N=4096 ciphertext holds 4096 reals;
-- one prime: the coefficient modulus is a single 50-bit prime (no special prime: SEAL accepts a
-  one-prime chain, key level = data level, and sums need no key switching). 50 bits at N=4096 is
+- one prime: the coefficient modulus is a single 56-bit prime (no special prime: SEAL accepts a
+  one-prime chain, key level = data level, and sums need no key switching). 56 bits at N=4096 is
   far under SEAL's 128-bit HE-standard bound `CoeffModulus.MaxBitCount(4096) = 109`; SEAL itself
   checks it when the context is built with `sec_level=TC128`.
 
-Precision and range: values are encoded at scale 2^SCALE_BITS (30). A decrypted sum is exact to
-about 1e-5 absolute (100 sites; noise grows like sqrt(sites)), i.e. ~1e-7 on the weighted mean
-once divided by sum n >= 100. The sum must stay below 2^(49-30) = 524288 in absolute value or it
-wraps around silently; `encrypt` therefore refuses a site whose |vector * weight| exceeds
-`capacity / max_sites` (4096 with the default 128 sites) and `add` refuses more than max_sites
-sites. Scale weights accordingly (e.g. weight = n_examples, or n_examples / 1000 for big sites).
+Precision and range: values are encoded at scale 2^SCALE_BITS (36). A decrypted sum is exact to
+about 1e-7 absolute (100 sites, measured 8e-8; noise grows like sqrt(sites)), i.e. ~1e-9 or less
+on the weighted mean once divided by sum n >= 100: small enough that the mean, rounded to float32
+and stripped of its watermark bits, is almost always bit-identical to plaintext FedAvg. The sum
+must stay below q / 2 / scale = 2^19 in absolute value or it wraps around silently; `encrypt`
+keeps a factor-2 margin and refuses a site whose |vector * weight| exceeds
+`capacity / max_sites` (2^18 / 128 = 2048 with the default 128 sites), and `add` refuses more
+than max_sites sites. Scale weights accordingly (e.g. weight = n_examples, or n_examples / 1000 for big sites).
 
 The server adds only the c0 parts of the seeded ciphertexts (numpy, modulo q; common/he_serial.py
 reads them from SEAL's bytes) and forwards every site's seeds with the sum: the decrypting site
@@ -54,8 +56,8 @@ from common.he_serial import (SEED_RECORD_BYTES, HEError, plaintext, plaintext_c
                               seeded_ciphertext, seeded_parts)
 
 POLY_MODULUS_DEGREE = 4096
-PRIME_BITS = 50
-SCALE_BITS = 30
+PRIME_BITS = 56
+SCALE_BITS = 36
 MAX_SITES = 128
 SLOTS = POLY_MODULUS_DEGREE // 2
 CHUNK = 2 * SLOTS  # reals per ciphertext (complex packing)

@@ -35,7 +35,7 @@ class Update:
 
 
 def fedavg(updates: list[Update]) -> dict[str, np.ndarray]:
-    """Average arrays weighted by num_examples, in float32.
+    """Average arrays weighted by num_examples: summed in float64, rounded to float32 once.
 
     Not robust: a single site can move the result arbitrarily far.
 
@@ -49,10 +49,10 @@ def fedavg(updates: list[Update]) -> dict[str, np.ndarray]:
     names = list(ordered[0].arrays)
     out: dict[str, np.ndarray] = {}
     for name in names:
-        acc = np.zeros_like(ordered[0].arrays[name], dtype=np.float32)
+        acc = np.zeros_like(ordered[0].arrays[name], dtype=np.float64)
         for u in ordered:
-            acc += np.float32(u.num_examples / total) * u.arrays[name].astype(np.float32)
-        out[name] = acc
+            acc += u.num_examples * u.arrays[name].astype(np.float64)
+        out[name] = (acc / total).astype(np.float32)
     return out
 
 

@@ -90,12 +90,11 @@ def test_hundred_site_weighted_sum_error(keys):
     mean = he.decrypt(he.add(uploads, public), secret, length) / counts.sum()
     expected = sum(u.astype(np.float64) * n for u, n in zip(updates, counts)) / counts.sum()
     assert np.max(np.abs(mean - expected)) <= 1e-6
-    # Unweighted (weight 1 each): the sum itself is still within 1e-4, the mean within 1e-6.
+    # Unweighted (weight 1 each): the sum itself is within 1e-6 (measured 8e-8 at scale 2^36).
     plain = [he.encrypt(u, 1.0, secret) for u in updates[:100]]
     total = he.decrypt(he.add(plain, public), secret, length)
     exact = sum(u.astype(np.float64) for u in updates)
-    assert np.max(np.abs(total - exact)) <= 1e-4
-    assert np.max(np.abs(total - exact)) / 100 <= 1e-6
+    assert np.max(np.abs(total - exact)) <= 1e-6
 
 
 def test_ciphertext_of_other_parameters_is_refused(keys, other_keys):

@@ -8,10 +8,12 @@ import json
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from safetensors.numpy import load_file
 
 from common import he, records, wire
 from common.models import array_spec, flatten, get_arrays, initial_model
 from common.seal import seal_chunks
+from common.watermark import strip
 from server.mode_he import check_he_reply
 from server.rounds import RoundContext
 from simrun import simulate
@@ -122,12 +124,21 @@ def summary(run):
     return json.loads((run / "summary.json").read_text())
 
 
-def test_he_accuracy_equals_none_with_the_same_seed(runs):
+def stripped_model(run):
+    return strip(load_file(run / "model.safetensors"))
+
+
+def test_he_model_equals_none_with_the_same_seed(runs):
     none, he_run = summary(runs / "none"), summary(runs / "he")
     assert he_run["secure_mode"] == "he"
     for a, b in zip(none["rounds"], he_run["rounds"]):
         assert abs(a["accuracy"] - b["accuracy"]) <= 0.001
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+    # Bit for bit below the watermark bits, but for a value that CKKS noise (~1e-12 on the mean)
+    # pushes over a rounding boundary: none seen so far. With the former 50-bit prime and float32
+    # FedAvg the models parted (digits, 10 rounds: 6,063 of 6,090 values differed at the end).
+    a, b = stripped_model(runs / "none"), stripped_model(runs / "he")
+    assert sum(int(np.count_nonzero(a[name] != b[name])) for name in a) <= 2
 
 
 def test_he_sum_is_decrypted_by_a_rotating_site(runs):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -48,14 +50,18 @@ def test_derive_seed_differs_per_part():
     assert 0 <= training.derive_seed("x") < 2**63
 
 
-def test_fedavg_weighted_float32_and_order_independent():
+def test_fedavg_weighted_in_float64_and_order_independent():
+    """The float32 result is the float64 weighted mean rounded once (secure modes match it)."""
     rng = np.random.default_rng(0)
     ups = [Update(str(i), {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)},
                   n) for i, n in enumerate([10, 30, 60])]
     avg = fedavg(ups)
-    expected = sum(u.arrays["w"].astype(np.float64) * u.num_examples for u in ups) / 100
+    exact = np.vectorize(lambda *v: math.fsum(x * u.num_examples for x, u in zip(v, ups)) / 100)(
+        *(u.arrays["w"].astype(np.float64) for u in ups))
     assert avg["w"].dtype == np.float32
-    np.testing.assert_allclose(avg["w"], expected, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(avg["w"], exact.astype(np.float32))
+    float32_sum = sum(np.float32(u.num_examples / 100) * u.arrays["w"] for u in ups)
+    assert not np.array_equal(avg["w"], float32_sum)  # a float32 accumulation rounds differently
     again = fedavg(list(reversed(ups)))
     assert all(np.array_equal(avg[k], again[k]) for k in avg)  # bit-identical
     with pytest.raises(ValueError):
