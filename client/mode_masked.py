@@ -18,9 +18,10 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from common import inject, masking, secagg, wire
+from common import inject, secagg, wire
 from common.errors import InputError
 from common.keys import ClientKeys, verify_digest
+from common.models import array_spec, flatten
 from common.settings import RunSettings
 
 STATE = "fedseal-masked"  # context.state: this site's MaskedSite of the current round
@@ -89,8 +90,8 @@ def build_payload(context: Context, config: ConfigRecord, trained: dict[str, np.
     if len(sources) != len(blobs):
         raise InputError("forwarded shares: sources and ciphertexts differ in length")
     site.receive_shares(dict(zip(sources, blobs)))
-    names = sorted(trained)
-    delta = masking.flatten(trained, names) - masking.flatten(base, names)
+    spec = array_spec(trained)
+    delta = flatten(trained, spec, np.float32) - flatten(base, spec, np.float32)
     upload = site.mask(delta, secagg.round_key(seal_key, run_name, server_round, client_id))
     _save(context, site)
     return RecordDict({

@@ -142,27 +142,6 @@ def _words(vec: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(vec)
 
 
-def flatten(arrays: dict[str, np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
-    """The float32 values of `arrays` in one vector, tensors in `names` order (default sorted)."""
-    names = sorted(arrays) if names is None else list(names)
-    if not names:
-        return np.zeros(0, np.float32)
-    return np.concatenate([np.asarray(arrays[n], np.float32).reshape(-1) for n in names])
-
-
-def unflatten(vector: np.ndarray, spec: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """Cut a flat vector back into tensors; `spec` is {name: (shape, dtype)}, sorted by name."""
-    sizes = {n: int(np.prod(spec[n][0], dtype=np.int64)) for n in sorted(spec)}
-    if vector.size != sum(sizes.values()):
-        raise InputError(f"vector of {vector.size} values does not fit the model's {sum(sizes.values())}")
-    out, start = {}, 0
-    for name, size in sizes.items():
-        shape, dtype = spec[name]
-        out[name] = vector[start:start + size].astype(dtype, copy=False).reshape(shape)
-        start += size
-    return out
-
-
 # --- mask keys and streams ---------------------------------------------------------------------
 
 

@@ -73,18 +73,21 @@ def initial_model(dataset: str, seed: int) -> nn.Module:
     return build_model(dataset)
 
 
-def flatten(arrays: dict[str, np.ndarray], spec: dict[str, tuple[tuple[int, ...], str]]) -> np.ndarray:
-    """The arrays as one float64 vector, in `spec` order (secure modes send one vector)."""
-    return np.concatenate([np.asarray(arrays[name], dtype=np.float64).ravel() for name in spec])
+def flatten(arrays: dict[str, np.ndarray], spec: dict[str, tuple[tuple[int, ...], str]],
+            dtype: type = np.float64) -> np.ndarray:
+    """The arrays of `spec` as one vector of `dtype` (secure modes send one vector), tensors in
+    name order: sites and server agree whatever order their dicts hold."""
+    return np.concatenate([np.asarray(arrays[name], dtype=dtype).ravel() for name in sorted(spec)])
 
 
 def unflatten(vector: np.ndarray, spec: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, np.ndarray]:
-    """Inverse of `flatten`: named arrays of the spec's shapes and dtypes."""
-    out, start = {}, 0
-    for name, (shape, dtype) in spec.items():
-        size = int(np.prod(shape))
-        out[name] = np.asarray(vector[start:start + size]).reshape(shape).astype(dtype)
-        start += size
-    if start != len(vector):
-        raise ValueError(f"vector of {len(vector)} values for a model of {start}")
-    return out
+    """Inverse of `flatten`: named arrays of the spec's shapes and dtypes, in the spec's order."""
+    sizes = {name: int(np.prod(shape)) for name, (shape, _) in spec.items()}
+    if sum(sizes.values()) != len(vector):
+        raise ValueError(f"vector of {len(vector)} values for a model of {sum(sizes.values())}")
+    parts, start = {}, 0
+    for name in sorted(spec):
+        shape, dtype = spec[name]
+        parts[name] = np.asarray(vector[start:start + sizes[name]]).reshape(shape).astype(dtype)
+        start += sizes[name]
+    return {name: parts[name] for name in spec}

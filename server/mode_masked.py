@@ -28,7 +28,7 @@ from flwr.common.logger import log
 from common import masking, secagg, wire
 from common.errors import FedSealError
 from common.keys import sign_digest
-from common.models import param_count
+from common.models import flatten, param_count, unflatten
 from server.checks import Verdict, payload_bytes, site_of
 from server.rounds import (RoundContext, RoundResult, enough, message, note_accepted, note_refusal, note_rejection,
                            send, site_metrics)
@@ -170,9 +170,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
     except secagg.ProtocolError as exc:
         _skip(ctx, result, str(exc))
         return result
-    names = sorted(ctx.spec)
-    base = masking.flatten(ctx.base, names)
-    result.arrays = masking.unflatten((base + unmasked.mean).astype(np.float32), ctx.spec)
+    result.arrays = unflatten(flatten(ctx.base, ctx.spec) + unmasked.mean, ctx.spec)
     result.used = survivors
     return result
 

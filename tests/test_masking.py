@@ -79,7 +79,7 @@ def test_aggregate_error_of_the_weighted_mean_is_below_1e5(sites, examples):
 def test_aggregate_error_of_real_model_deltas():
     """Deltas of the breast-cancer MLP after local training at three sites."""
     from common.data import load_partition
-    from common.models import get_arrays, initial_model, set_arrays
+    from common.models import array_spec, flatten, get_arrays, initial_model, set_arrays
     from common.training import train
 
     base = get_arrays(initial_model("breast-cancer", 0))
@@ -90,7 +90,8 @@ def test_aggregate_error_of_real_model_deltas():
         set_arrays(model, base)
         train(model, x, y, epochs=5, lr=0.05, batch_size=32, seed=pid)
         trained = get_arrays(model)
-        deltas.append(masking.flatten(trained) - masking.flatten(base))
+        spec = array_spec(base)
+        deltas.append(flatten(trained, spec, np.float32) - flatten(base, spec, np.float32))
         counts.append(len(y))
     q = Quantizer(3)
     weights = [c / sum(counts) for c in counts]
@@ -98,16 +99,6 @@ def test_aggregate_error_of_real_model_deltas():
     exact = sum(w * d.astype(np.float64) for d, w in zip(deltas, weights))
     assert np.abs(q.dequantize(total, sum(weights)) - exact).max() <= 1e-5
     assert max(np.abs(d).max() for d in deltas) < q.clip  # no clipping on real deltas
-
-
-def test_flatten_unflatten_round_trip():
-    arrays = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.ones(4, np.float32)}
-    flat = masking.flatten(arrays)
-    assert flat.tolist() == [1, 1, 1, 1, 0, 1, 2, 3, 4, 5]
-    back = masking.unflatten(flat, {k: (v.shape, str(v.dtype)) for k, v in arrays.items()})
-    assert all(np.array_equal(back[k], arrays[k]) for k in arrays)
-    with pytest.raises(InputError):
-        masking.unflatten(flat[:-1], {k: (v.shape, str(v.dtype)) for k, v in arrays.items()})
 
 
 # --- masks -------------------------------------------------------------------------------------

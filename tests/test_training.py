@@ -71,3 +71,16 @@ def test_fedavg_weighted_in_float64_and_order_independent():
 def test_centralized_reference_learns():
     ref = training.centralized_reference("breast-cancer", epochs=5, lr=0.05, batch_size=32, seed=0)
     assert ref.accuracy > 0.93 and ref.num_examples == len(data.load_split("breast-cancer").y_test)
+
+
+def test_flatten_is_in_name_order_and_unflatten_inverts_it():
+    """Sites and the server flatten the same model to the same vector whatever their dict order."""
+    arrays = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.ones(4, np.float32)}
+    spec = models.array_spec(arrays)
+    flat = models.flatten(arrays, spec, np.float32)
+    assert flat.dtype == np.float32 and flat.tolist() == [1, 1, 1, 1, 0, 1, 2, 3, 4, 5]
+    assert np.array_equal(models.flatten(dict(reversed(arrays.items())), spec), flat)
+    back = models.unflatten(flat, spec)
+    assert list(back) == ["b", "a"] and all(np.array_equal(back[k], arrays[k]) for k in arrays)
+    with pytest.raises(ValueError, match="vector of 9 values for a model of 10"):
+        models.unflatten(flat[:-1], spec)
