@@ -83,6 +83,7 @@ def test_aggregate_error_of_real_model_deltas():
     from common.training import train
 
     base = get_arrays(initial_model("breast-cancer", 0))
+    spec = array_spec(base)
     deltas, counts = [], []
     for pid in range(3):
         x, y = load_partition("breast-cancer", pid, 3, "iid", 0)
@@ -90,7 +91,6 @@ def test_aggregate_error_of_real_model_deltas():
         set_arrays(model, base)
         train(model, x, y, epochs=5, lr=0.05, batch_size=32, seed=pid)
         trained = get_arrays(model)
-        spec = array_spec(base)
         deltas.append(flatten(trained, spec, np.float32) - flatten(base, spec, np.float32))
         counts.append(len(y))
     q = Quantizer(3)
