@@ -166,7 +166,9 @@ def test_range_limits(keys):
 
 
 def test_blinded_sum_decrypts_to_noise_and_unblinds_to_the_sum(keys):
-    """The decrypting site sees uniformly random coefficients; the server recovers the sum."""
+    """The decrypting site sees the sum's coefficients shifted by a mask uniform mod q (SEAL's
+    coefficients are in NTT form, so a mean near q/2 alone would tell nothing); the server
+    recovers the sum."""
     secret, public = keys
     rng = np.random.default_rng(7)
     length = he.CHUNK + 77
@@ -179,7 +181,12 @@ def test_blinded_sum_decrypts_to_noise_and_unblinds_to_the_sum(keys):
     plain_raw = he.decrypt_raw(total.total(), secret)
     assert not np.array_equal(raw, plain_raw)
     q = he._load(public).modulus
-    assert raw.mean() / q == pytest.approx(0.5, abs=0.01)  # uniform mod q, unlike the sum's own coefficients
+    shift = np.where(raw >= plain_raw, raw - plain_raw, raw + (np.uint64(q) - plain_raw))
+    assert np.array_equal(shift, mask) and mask.dtype == np.uint64 and np.all(mask < np.uint64(q))
+    # the mask is uniform mod q: over 10^6 draws the mean is q/2 within 17 standard deviations
+    draws = he._uniform_mod(q, (1_000_000,))
+    assert np.all(draws < np.uint64(q)) and draws.mean() / q == pytest.approx(0.5, abs=0.005)
+    assert len(np.unique(draws >> np.uint64(46))) == 1024  # every top-10-bit bucket is hit
     out = he.unblind(raw, mask, public, length)
     expected = sum(u.astype(np.float64) * 50.0 for u in updates)
     assert np.max(np.abs(out - expected)) < 1e-5
