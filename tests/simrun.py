@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import records
+from common.run import records
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""common/data.py: bundled loaders, the fixed test split, partitions, site CSVs."""
+"""common/learning/data.py: bundled loaders, the fixed test split, partitions, site CSVs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from common import data
+from common.learning import data
 from common.errors import InputError
 
 

@@ -1,4 +1,4 @@
-"""Tests of common/keys.py and `fedseal keys init`."""
+"""Tests of common/integrity/keys.py and `fedseal keys init`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common import keys
+from common.integrity import keys
 from common.errors import InputError, KeyFileError, TamperError
 
 # Fixed vectors: if one of these changes, keys made by an older FedSeal stop matching.
@@ -364,7 +364,7 @@ def test_cli_help_says_what_goes_where(cli_main, capsys: pytest.CaptureFixture[s
 
 
 def test_he_contexts_secret_at_sites_public_at_server(tmp_path: Path) -> None:
-    from common import he
+    from common.secure import he
 
     keys.init_federation(tmp_path, 2)
     server = keys.ServerKeys.load(tmp_path / "server")

@@ -1,4 +1,4 @@
-"""common/certs.py and `fedseal certs`: CA + server certificate, SuperNode keys, SuperExec secret."""
+"""common/integrity/certs.py and `fedseal certs`: CA + server certificate, SuperNode keys, SuperExec secret."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from common import certs
+from common.integrity import certs
 from common.cli import main as cli
 from common.errors import InputError
 

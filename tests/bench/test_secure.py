@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from common import bench_secure
+from common.bench import secure as bench_secure
 from common.cli import main
 
 KEYS = {"wire_ratio", "client_ns_per_param", "server_ns_per_param", "round_s", "max_abs_error"}

@@ -1,4 +1,4 @@
-"""common/inject.py: the --inject syntax, and `fedseal simulate` refusing bad injections
+"""common/run/inject.py: the --inject syntax, and `fedseal simulate` refusing bad injections
 before anything starts (exit 2, one line). Also what each injection does to a model."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common import inject
+from common.run import inject
 from common.cli import main
 from common.errors import InputError
-from common.inject import Injection
-from common.models import get_arrays, initial_model
-from common.settings import RunSettings
+from common.run.inject import Injection
+from common.learning.models import get_arrays, initial_model
+from common.run.settings import RunSettings
 
 
 def test_parse_repeatable_and_comma_forms_agree():
@@ -75,7 +75,7 @@ def test_replay_from_round_two_is_fine():
     (["--inject", "tamper-global:0:7"], "round 7 never runs (--rounds 4)"),
 ])
 def test_simulate_refuses_bad_injections_before_starting(args, msg, capsys, tmp_path, monkeypatch):
-    from server import cli_simulate
+    from common.launch import simulate as cli_simulate
 
     def no_simulation(*a, **k):
         raise AssertionError("a simulation started despite a bad --inject")

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import records, watermark
+from common.run import records
+
+from common.integrity import watermark
 from common.cli import main
-from common.keys import load_secret
-from common.modelio import load_state
+from common.integrity.keys import load_secret
+from common.run.modelio import load_state
 from simrun import simulate, simulate_interrupted
 
 ROUNDS = 6

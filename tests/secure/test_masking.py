@@ -1,4 +1,4 @@
-"""common/masking.py, common/secret_shares.py, common/secagg.py: quantization bound and error,
+"""common/secure/masking.py, common/secure/secret_shares.py, common/secure/secagg.py: quantization bound and error,
 mask streams keyed by the full secret (not Flower's 32-bit fold), per-chunk seals, Shamir
 shares, share encryption, and whole masked rounds in process with tampering and dropouts."""
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
-from common import masking, secagg, secret_shares as ss
+from common.secure import masking, secagg, secret_shares as ss
 from common.errors import InputError
-from common.keys import derive_round_key
-from common.masking import MaskSealError, Quantizer
+from common.integrity.keys import derive_round_key
+from common.secure.masking import MaskSealError, Quantizer
 
 RUN, ROUND = "run-test", 3
 CTX = masking.round_context(RUN, ROUND)
@@ -78,9 +78,9 @@ def test_aggregate_error_of_the_weighted_mean_is_below_1e5(sites, examples):
 
 def test_aggregate_error_of_real_model_deltas():
     """Deltas of the breast-cancer MLP after local training at three sites."""
-    from common.data import load_partition
-    from common.models import array_spec, flatten, get_arrays, initial_model, set_arrays
-    from common.training import train
+    from common.learning.data import load_partition
+    from common.learning.models import array_spec, flatten, get_arrays, initial_model, set_arrays
+    from common.learning.training import train
 
     base = get_arrays(initial_model("breast-cancer", 0))
     spec = array_spec(base)

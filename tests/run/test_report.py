@@ -10,9 +10,9 @@ import zlib
 
 import pytest
 
-from common import records
+from common.run import records
 from common.cli import main
-from common.report import REPORT, write_report
+from common.run.report import REPORT, write_report
 from simrun import simulate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -112,7 +112,7 @@ def test_run_in_progress_and_old_records(tmp_path):
 
 
 def test_no_report_flag(tmp_path, monkeypatch, capsys):
-    from server import cli_simulate
+    from common.launch import simulate as cli_simulate
 
     def fake_child(settings, clients, folder, **kwargs):
         rec = records.RoundRecord(1, 0.9, 0.3, 1.0, 10, 10, 2).to_json()

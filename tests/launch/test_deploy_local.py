@@ -1,5 +1,5 @@
 """Deployment on loopback: real SuperLink, SuperExec and SuperNode processes with TLS, SuperNode
-authentication and process isolation (server/deploy_local.py, scripts/deploy-local.sh).
+authentication and process isolation (common/launch/deploy_local.py, scripts/deploy-local.sh).
 
 Two deployments, each shared by the tests that need it, so the module stays within a few minutes:
 - `scripts/deploy-local.sh --mode <every mode in SECURE_MODES> --clients 3 --rounds 1`, end to
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from common import records
+from common.run import records
 from common.processes import session_members, start_in_new_session, stop_session
-from common.settings import SECURE_MODES
-from server.deploy_local import Deployment, DeployError
+from common.run.settings import SECURE_MODES
+from common.launch.deploy_local import Deployment, DeployError
 from tests.simrun import assert_no_leftovers
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1800)]
@@ -126,7 +126,7 @@ def test_site_data_are_the_simulation_partitions_and_stay_with_the_sites(script)
     data (node config stays on the SuperNode)."""
     import numpy as np
 
-    from common.data import dataset_info, load_csv, load_partition, standardize
+    from common.learning.data import dataset_info, load_csv, load_partition, standardize
 
     _, _, folder, _ = script
     for site in range(CLIENTS):

@@ -1,4 +1,4 @@
-"""common/records.py (run folder) and server/checks.py (reply checks)."""
+"""common/run/records.py (run folder) and server/checks.py (reply checks)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from common import records
+from common.run import records
 
 
 def test_recorder_writes_every_record(tmp_path):

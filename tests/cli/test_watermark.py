@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import save_file
 
 from common.cli import main
-from common.modelio import load_state
+from common.run.modelio import load_state
 
 
 @pytest.fixture()

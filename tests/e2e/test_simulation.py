@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import records, watermark
-from common.keys import load_secret
-from common.modelio import load_state
-from common.models import array_spec, get_arrays, initial_model
+from common.run import records
+
+from common.integrity import watermark
+from common.integrity.keys import load_secret
+from common.run.modelio import load_state
+from common.learning.models import array_spec, get_arrays, initial_model
 from simrun import simulate
 
 

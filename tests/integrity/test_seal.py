@@ -1,4 +1,4 @@
-"""common/seal.py on the real models and real keys: the signed, watermarked global model and
+"""common/integrity/seal.py on the real models and real keys: the signed, watermarked global model and
 the sites' sealed replies (DESIGN.md §2.2-§2.3, §4). No Flower."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common import inject, seal, watermark
+from common.run import inject
+
+from common.integrity import seal, watermark
 from common.errors import InputError, TamperError
-from common.models import array_spec, get_arrays, initial_model
-from common.seal import (SealError, digest_arrays, global_context, open_update, publish_global, receive_global,
+from common.learning.models import array_spec, get_arrays, initial_model
+from common.integrity.seal import (SealError, digest_arrays, global_context, open_update, publish_global, receive_global,
                          seal_context, seal_update)
 
 RUN = "run-7"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from common import watermark as wm
+from common.integrity import watermark as wm
 from common.errors import InputError
-from common.watermark import bits
-from common.watermark.bench import resnet18_like, tamper_blocks
+from common.integrity.watermark import bits
+from common.bench.watermark import resnet18_like, tamper_blocks
 
 KEY = bytes(range(32))
 CTX = "run-1/round-3"

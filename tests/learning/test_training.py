@@ -1,4 +1,4 @@
-"""common/models.py, common/training.py and server/aggregation.py (FedAvg)."""
+"""common/learning/models.py, common/learning/training.py and server/aggregation.py (FedAvg)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from common import data, models, training
+from common.learning import data, models, training
 from server.aggregation import Update, fedavg
 
 

@@ -1,4 +1,4 @@
-"""common/he.py: CKKS keys, seeded encryption, server-side sums, decryption and input checks."""
+"""common/secure/he.py: CKKS keys, seeded encryption, server-side sums, decryption and input checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tenseal.sealapi as sealapi
 
-from common import he, he_serial
+from common.secure import he, he_serial
 from common.errors import InputError
 
 

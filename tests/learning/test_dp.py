@@ -14,14 +14,18 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 
-from common import dp, records, wire
+from common.learning import dp
+
+from common.run import records
+
+from common import wire
 from common.cli import main
-from common.data import load_partition, load_split
+from common.learning.data import load_partition, load_split
 from common.errors import InputError
-from common.models import get_arrays, initial_model, set_arrays
-from common.records import RoundRecord
-from common.settings import RunSettings
-from common.training import evaluate
+from common.learning.models import get_arrays, initial_model, set_arrays
+from common.run.records import RoundRecord
+from common.run.settings import RunSettings
+from common.learning.training import evaluate
 from server import dp as server_dp
 from server.aggregation import Update
 from simrun import simulate
@@ -153,6 +157,20 @@ def test_dp_sgd_is_deterministic_takes_the_planned_steps_and_learns():
 
 def _arrays(value):
     return {"w": np.full((3, 4), value, dtype=np.float32), "b": np.full(2, value, dtype=np.float32)}
+
+
+@pytest.mark.parametrize("scale", [0.001, 1.0, 30.0])
+def test_clip_update_is_flowers_arithmetic_bit_for_bit(scale):
+    from flwr.supercore.differential_privacy import compute_clip_model_update
+
+    rng = np.random.default_rng(7)
+    base = {"w": rng.normal(size=(5, 7)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
+    trained = {n: (a + scale * rng.normal(size=a.shape)).astype(np.float32) for n, a in base.items()}
+    params = [trained[n].astype(np.float64) for n in trained]
+    compute_clip_model_update(params, [base[n].astype(np.float64) for n in trained], 0.5)
+    ours = dp.clip_update(trained, base, 0.5)
+    for name, theirs in zip(trained, params):
+        np.testing.assert_array_equal(ours[name], theirs.astype(np.float32))
 
 
 def test_client_update_clipping_and_server_noise():

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from common.cli import main
-from common.data import write_csv
+from common.learning.data import write_csv
 from common.errors import InputError
-from common.settings import RUN_CONFIG_KEYS, RunSettings
+from common.run.settings import RUN_CONFIG_KEYS, RunSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_simulate_help_explains_every_flag(capsys):
     (dict(dp="client:1.0,1.0"), "dp sample"),
 ])
 def test_secure_modes_refuse_what_needs_each_update(changes, message):
-    from common.settings import SECURE_MODES
+    from common.run.settings import SECURE_MODES
 
     for mode in SECURE_MODES:
         if mode == "none":

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from common import records
-from common.records import RoundRecord, RunRecorder
+from common.run import records
+from common.run.records import RoundRecord, RunRecorder
 
 
 def _round(n: int) -> RoundRecord:

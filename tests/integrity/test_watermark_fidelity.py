@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common import watermark as wm
-from common.data import load_split
-from common.models import get_arrays, initial_model, set_arrays
-from common.training import train
+from common.integrity import watermark as wm
+from common.learning.data import load_split
+from common.learning.models import get_arrays, initial_model, set_arrays
+from common.learning.training import train
 
 
 @pytest.mark.parametrize("dataset", ["breast-cancer", "digits"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import records
+from common.run import records
 from simrun import simulate
 
 BASE = ["--dataset", "breast-cancer", "--clients", "5", "--rounds", "3", "--seed", "0", "--no-report", "--quiet"]
