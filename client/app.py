@@ -2,7 +2,7 @@
 
 Verify the signed, watermarked global model (recover it if tampered, refuse it if beyond
 recovery), train locally, build the secure mode's payload (sealed weights; sealed ciphertexts,
-client/mode_he.py; a sealed masked vector, client/mode_masked.py), reply. The `decrypt` and
+client/modes/he.py; a sealed masked vector, client/modes/masked.py), reply. The `decrypt` and
 `masked` queries are the extra steps of the he and masked modes.
 """
 
@@ -17,15 +17,20 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client import mode_he, mode_masked
-from common import dp, inject, watermark, wire
-from common.data import dataset_info, load_csv, load_partition
+from client.modes import he as mode_he
+from client.modes import masked as mode_masked
+from common import wire
 from common.errors import InputError
-from common.keys import ClientKeys, client_dir
-from common.models import array_spec, build_model, get_arrays, set_arrays
-from common.seal import SealError, receive_global, seal_update
-from common.settings import RunSettings
-from common.training import derive_seed, train as train_model
+from common.integrity import watermark
+from common.integrity.keys import ClientKeys, client_dir
+from common.integrity.seal import SealError, receive_global, seal_update
+from common.learning import dp
+from common.learning.data import dataset_info, load_csv, load_partition
+from common.learning.models import array_spec, build_model, get_arrays, set_arrays
+from common.learning.training import derive_seed
+from common.learning.training import train as train_model
+from common.run import inject
+from common.run.settings import RunSettings
 
 app = ClientApp()
 
@@ -144,7 +149,7 @@ def _injection_id(node_config: dict, client_id: str) -> int | None:
 
 @app.query("masked")
 def masked_stage(msg: Message, context: Context) -> Message:
-    """masked mode: the SecAgg+ stages around training (setup, share-keys, unmask; client/mode_masked.py)."""
+    """masked mode: the SecAgg+ stages around training (setup, share-keys, unmask; client/modes/masked.py)."""
     settings = RunSettings.from_run_config(context.run_config)
     client_id, keys = load_site_keys(context.node_config, msg.content[wire.CONFIG])
     return mode_masked.handle_query(msg, context, settings, client_id, keys, _injection_id(context.node_config, client_id),

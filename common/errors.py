@@ -1,4 +1,4 @@
-"""FedSeal's exceptions; the CLI maps them to exit codes in one place (common/cli.py)."""
+"""FedSeal's exceptions; the CLI maps them to exit codes in one place (common/cli/__init__.py)."""
 
 
 class FedSealError(Exception):

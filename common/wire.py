@@ -50,7 +50,7 @@ DATA_PATH = "data-path"  # deployment: the site's own CSV file
 LABEL_COLUMN = "label-column"  # deployment: the CSV column holding the class label
 KEYS_DIR = "keys-dir"  # deployment: the site's key folder (DIR/clients/<id> of `fedseal keys init`)
 
-# masked mode (server/mode_masked.py <-> client/mode_masked.py; common/secagg.py computes)
+# masked mode (server/modes/masked.py <-> client/modes/masked.py; common/secure/secagg.py computes)
 MASKED_QUERY = "query.masked"  # message type of the SecAgg+ stages around training
 MASKED = "masked"  # ConfigRecord: the stage's fields (request and reply)
 MASKED_VECTOR = "masked-vector"  # ArrayRecord (train reply): VECTOR = the site's masked uint32 vector

@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.data import load_partition  # noqa: E402
-from common.keys import ClientKeys, ServerKeys, client_dir, init_federation, server_dir  # noqa: E402
-from common.models import array_spec, get_arrays, initial_model, set_arrays  # noqa: E402
-from common.seal import open_update, publish_global, receive_global, seal_update  # noqa: E402
-from common.settings import RunSettings  # noqa: E402
-from common.training import derive_seed, train  # noqa: E402
+from common.integrity.keys import ClientKeys, ServerKeys, client_dir, init_federation, server_dir  # noqa: E402
+from common.integrity.seal import open_update, publish_global, receive_global, seal_update  # noqa: E402
+from common.learning.data import load_partition  # noqa: E402
+from common.learning.models import array_spec, get_arrays, initial_model, set_arrays  # noqa: E402
+from common.learning.training import derive_seed, train  # noqa: E402
+from common.run.settings import RunSettings  # noqa: E402
 from server.aggregation import Update, fedavg  # noqa: E402
 
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tenseal.sealapi as sealapi  # noqa: E402
 
-from common import he  # noqa: E402
-from common.he_serial import save, scratch  # noqa: E402
+from common.secure import he  # noqa: E402
+from common.secure.he_serial import save, scratch  # noqa: E402
 
 
 def main() -> int:

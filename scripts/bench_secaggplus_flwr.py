@@ -1,6 +1,9 @@
 """The `secaggplus_flwr` baseline row of `fedseal bench secure`: Flower's unmodified SecAgg+
-computation (flwr 1.41), in process, on the same workload as the other rows. Lives outside
-common/ because it imports Flower.
+computation (flwr 1.41), on the same workload as the other rows. A script, not a library: it imports
+Flower, which common/ never does, so `common/bench/secure.py` runs it in a child process and reads
+the row it prints as JSON.
+
+Usage: python scripts/bench_secaggplus_flwr.py --params N --clients K [--repeat R]
 
 What is timed is what `secaggplus_mod` and `SecAggPlusWorkflow` compute, called through Flower's
 own functions with the workflow's defaults (clipping range 8, 2^22 quantization levels, modulus
@@ -16,30 +19,46 @@ own functions with the workflow's defaults (clipping range 8, 2^22 quantization 
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 from flwr.common import bytes_to_ndarray, ndarray_to_bytes
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import encrypt, generate_shared_key
-from flwr.common.secure_aggregation.ndarrays_arithmetic import (factor_combine, factor_extract, get_parameters_shape,
-                                                                  parameters_addition, parameters_mod,
-                                                                  parameters_multiply, parameters_subtraction)
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_combine,
+    factor_extract,
+    get_parameters_shape,
+    parameters_addition,
+    parameters_mod,
+    parameters_multiply,
+    parameters_subtraction,
+)
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen, share_keys_plaintext_concat
-from flwr.supercore.primitives.asymmetric import (bytes_to_private_key, bytes_to_public_key, generate_key_pairs,
-                                                  private_key_to_bytes, public_key_to_bytes)
+from flwr.supercore.primitives.asymmetric import (
+    bytes_to_private_key,
+    bytes_to_public_key,
+    generate_key_pairs,
+    private_key_to_bytes,
+    public_key_to_bytes,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
+from common.bench.workload import Workload, best, row  # noqa: E402
 
 CLIPPING_RANGE = 8.0  # SecAggPlusWorkflow defaults (flwr 1.41)
 QUANTIZATION_RANGE = 4194304
 MODULUS_RANGE = 4294967296
 
 
-def row_secaggplus_flwr(w, repeat: int, workers: int = 1) -> dict:
-    """Flower's SecAgg+ on a bench_secure.Workload (all sites, all pairs as neighbours, threshold
+def row_secaggplus_flwr(w: Workload, repeat: int) -> dict:
+    """Flower's SecAgg+ on a Workload (all sites, all pairs as neighbours, threshold
     a majority): the row's keys as bench_secure.row, plus its mask ns/param."""
-    from common.bench_secure import best, row
-
     k = len(w.deltas)
     threshold = max(2, k // 2 + 1)
     max_weight = float(max(w.counts))
@@ -108,3 +127,17 @@ def row_secaggplus_flwr(w, repeat: int, workers: int = 1) -> dict:
     out["client_mask_ns_per_param"] = mask_s / w.params * 1e9
     out["neighbours"] = k - 1
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Flower's SecAgg+ row of `fedseal bench secure`, as JSON.")
+    parser.add_argument("--params", type=int, required=True)
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args(argv)
+    print(json.dumps(row_secaggplus_flwr(Workload.make(args.params, args.clients), args.repeat)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

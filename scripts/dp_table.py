@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import dp  # noqa: E402
-from common.data import load_partition, load_split  # noqa: E402
-from common.models import get_arrays, initial_model, set_arrays  # noqa: E402
-from common.settings import RunSettings  # noqa: E402
-from common.training import derive_seed, evaluate, train  # noqa: E402
-from common.watermark import strip  # noqa: E402
+from common.integrity.watermark import strip  # noqa: E402
+from common.learning import dp  # noqa: E402
+from common.learning.data import load_partition, load_split  # noqa: E402
+from common.learning.models import get_arrays, initial_model, set_arrays  # noqa: E402
+from common.learning.training import derive_seed, evaluate, train  # noqa: E402
+from common.run.settings import RunSettings  # noqa: E402
 from server.aggregation import Update, fedavg  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median, aggregate_trimmed_avg
 
-from common.settings import AGGREGATORS  # the names live with the run settings
+from common.run.settings import AGGREGATORS  # the names live with the run settings
 
 
 @dataclass(frozen=True)

@@ -17,23 +17,23 @@ from flwr.app import Array, ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from common import watermark, wire
-from common.data import load_split
-from common.dp import check_model
-from common.models import array_spec, get_arrays, initial_model, set_arrays
-from common.keys import ServerKeys, init_federation
-from common.records import RoundRecord, RunRecorder, published_metadata
-from common.seal import global_context, publish_global
-from common.settings import RunSettings
-from common.stages import StageClock
-from common.training import EvalResult, centralized_reference, evaluate
-from server import mode_he, mode_masked, mode_none
+from common import wire
+from common.integrity import watermark
+from common.integrity.keys import ServerKeys, init_federation
+from common.integrity.seal import global_context, publish_global
+from common.learning.data import load_split
+from common.learning.dp import check_model
+from common.learning.models import array_spec, get_arrays, initial_model, set_arrays
+from common.learning.training import EvalResult, centralized_reference, evaluate
+from common.run.records import RoundRecord, RunRecorder, published_metadata
+from common.run.settings import RunSettings
+from common.run.stages import StageClock
 from server.dp import round_epsilon, summary_fields
+from server.modes import ROUNDS
 from server.rounds import RoundContext
 
 app = ServerApp()
 
-MODES = {"none": mode_none.run_round, "he": mode_he.run_round, "masked": mode_masked.run_round}  # secure mode -> its round (server/rounds.py)
 
 NODE_WAIT_LOG_SECONDS = 10
 
@@ -82,7 +82,7 @@ def main(grid: Grid, context: Context) -> None:
         ctx = RoundContext(grid=grid, node_ids=node_ids, settings=settings, keys=keys, spec=spec, run_name=run_name,
                            server_round=server_round, published=published, base=watermark.strip(published),
                            record=to_record(published), config=config, recorder=recorder, clock=clock)
-        result = MODES[settings.secure_mode](ctx)
+        result = ROUNDS[settings.secure_mode](ctx)
         if result.arrays is not None:
             global_arrays = result.arrays
 

@@ -14,8 +14,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from common import wire
 from common.errors import KeyFileError
-from common.keys import ServerKeys
-from common.seal import SealError, open_update
+from common.integrity.keys import ServerKeys
+from common.integrity.seal import SealError, open_update
 from server.aggregation import Update
 
 NUMPY_STYPE = "numpy.ndarray"

@@ -1,4 +1,4 @@
-"""The server's side of differential privacy (common/dp.py has the settings and the sites' side).
+"""The server's side of differential privacy (common/learning/dp.py has the settings and the sites' side).
 
 - Client-level DP (`--dp client:NOISE,CLIP`): the same math as Flower's
   `DifferentialPrivacyClientSideFixedClipping` strategy wrapper (sites clip, as its
@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord
 
 from common import wire
-from common.dp import DpSpec, clip_update, client_epsilon
+from common.learning.dp import DpSpec, client_epsilon, clip_update
 from server.aggregation import Update
 
 
@@ -107,8 +107,8 @@ def client_dp_aggregate(spec: DpSpec, published: dict[str, np.ndarray], updates:
     trained from (the published model with the watermark's bits cleared). The noise is drawn
     from the run seed, so a run is reproducible: whoever knows the seed can subtract it, so keep
     the seed as secret as the model's training data (DP assumes the noise is unknown)."""
-    from common import watermark
-    from common.training import derive_seed
+    from common.integrity import watermark
+    from common.learning.training import derive_seed
 
     rng = np.random.default_rng(derive_seed(seed, "dp-noise", server_round))
     return noisy_mean(watermark.strip(published), updates, spec, rng)

@@ -1,12 +1,15 @@
-"""Run FedSeal's ServerApp and ClientApp in Flower's simulation engine.
+"""Host Flower's simulation runtime for `fedseal simulate`: the in-process SuperLink that runs
+FedSeal's ServerApp and starts the ClientApps, both named by their component strings
+(`server.app:app`, `client.app:app`, as pyproject.toml names them), so the server never imports
+site code.
 
 `run_engine()` runs in a child process started by `fedseal simulate` (see
-server/cli_simulate.py), which owns the terminal, prints progress and cleans up every
+common/launch/simulate.py), which owns the terminal, prints progress and cleans up every
 process the engine leaves behind. It drives Flower the way `flwr run .` does (the
 `flwr-simulation` process): the apps read `context.run_config` built from a
 [tool.flwr.app.config] table, so both ways of running use the same keys.
 
-Usage (internal): python -m server.simulate --num-supernodes N --run-config JSON
+Usage (internal): python -m server.engine --num-supernodes N --run-config JSON
 """
 
 from __future__ import annotations
@@ -63,8 +66,6 @@ def run_engine(run_config: dict[str, Any], num_supernodes: int) -> None:
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
-    import client.app
-    import server.app
 
     with tempfile.TemporaryDirectory(prefix="fedseal-app-") as app_dir:
         Path(app_dir, "pyproject.toml").write_text(app_config_toml(run_config))
@@ -77,8 +78,8 @@ def run_engine(run_config: dict[str, Any], num_supernodes: int) -> None:
         _run_simulation(
             num_supernodes=num_supernodes,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            server_app=server.app.app,
-            client_app=client.app.app,
+            server_app_attr=SERVER_APP,
+            client_app_attr=CLIENT_APP,
             backend_config=backend_config(),
             server_app_context=context,
             app_dir=app_dir,
@@ -88,7 +89,7 @@ def run_engine(run_config: dict[str, Any], num_supernodes: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.simulate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m server.engine", description=__doc__)
     parser.add_argument("--num-supernodes", type=int, required=True)
     parser.add_argument("--run-config", required=True, help="run config as a JSON object")
     args = parser.parse_args(argv)

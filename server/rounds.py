@@ -1,7 +1,7 @@
 """What every secure mode's round shares: its inputs, its result, sending, and the audit trail.
 
 server/app.py publishes the global model, then hands the round to the mode's
-`run_round(ctx) -> RoundResult` (server/mode_none.py, mode_he.py, mode_masked.py), then
+`run_round(ctx) -> RoundResult` (server/modes/none.py, mode_he.py, mode_masked.py), then
 evaluates, records and checkpoints what the mode returns.
 """
 
@@ -17,10 +17,10 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from common import wire
-from common.keys import ServerKeys
-from common.records import RunRecorder
-from common.settings import RunSettings
-from common.stages import StageClock
+from common.integrity.keys import ServerKeys
+from common.run.records import RunRecorder
+from common.run.settings import RunSettings
+from common.run.stages import StageClock
 from server.checks import Verdict
 from server.dp import refusal_event, reported_epsilon
 

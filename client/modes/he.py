@@ -1,5 +1,5 @@
 """A site's side of `he` mode: encrypt the weighted update, seal the ciphertexts, and decrypt
-the blinded sum when the server asks this site to (common/he.py has the CKKS codec)."""
+the blinded sum when the server asks this site to (common/secure/he.py has the CKKS codec)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import os
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from common import he, wire
-from common.keys import ClientKeys
-from common.models import array_spec, flatten
-from common.seal import seal_chunks
+from common import wire
+from common.integrity.keys import ClientKeys
+from common.integrity.seal import seal_chunks
+from common.learning.models import array_spec, flatten
+from common.secure import he
 
 PAYLOAD_KIND = "he"  # bound into the chunk seals: an he payload cannot pass as another mode's
 

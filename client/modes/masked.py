@@ -1,7 +1,7 @@
-"""A site's side of `masked` mode: the SecAgg+ stages around local training (common/secagg.py
+"""A site's side of `masked` mode: the SecAgg+ stages around local training (common/secure/secagg.py
 does the computing; this module carries bytes between Flower records and the site's state).
 
-Stages, one message each (server/mode_masked.py sends them):
+Stages, one message each (server/modes/masked.py sends them):
 1. `query.masked` stage "setup": fresh X25519 key pairs; reply the public keys and the number of
    examples, sealed with the site's round key.
 2. `query.masked` stage "share-keys": check the server's signature on the roster, share the
@@ -18,11 +18,13 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from common import inject, secagg, wire
+from common import wire
 from common.errors import InputError
-from common.keys import ClientKeys, verify_digest
-from common.models import array_spec, flatten
-from common.settings import RunSettings
+from common.integrity.keys import ClientKeys, verify_digest
+from common.learning.models import array_spec, flatten
+from common.run import inject
+from common.run.settings import RunSettings
+from common.secure import secagg
 
 STATE = "fedseal-masked"  # context.state: this site's MaskedSite of the current round
 

@@ -1,4 +1,4 @@
-"""The `masked` row of `fedseal bench secure` (Flower-free, in process; common/bench_secure.py
+"""The `masked` row of `fedseal bench secure` (Flower-free, in process; common/bench/workload.py
 defines the workload and the row's keys).
 
 Client (per site, best of `repeat`, the slowest site kept): the whole SecAgg+ site work of a
@@ -15,11 +15,11 @@ and the float32 global model. round_s = one site's work + ingest of every site +
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
-from common import masking, secagg
+from common.bench.workload import Workload, best, row
+from common.secure import masking, secagg
 
 RUN, ROUND = "bench", 1
 
@@ -28,10 +28,8 @@ def _site_keys(clients: int) -> dict[str, bytes]:
     return {str(i): secagg.round_key(bytes([i % 256]) * 32, RUN, ROUND, str(i)) for i in range(clients)}
 
 
-def row_masked(w, repeat: int, workers: int = 1) -> dict:
+def row_masked(w: Workload, repeat: int, workers: int = 1) -> dict:
     """The masked mode's row on a bench_secure.Workload (all sites take part, no dropout)."""
-    from common.bench_secure import best, row
-
     ids = [str(i) for i in range(len(w.deltas))]
     keys = _site_keys(len(ids))
     counts = [int(n) for n in w.counts]
@@ -104,16 +102,3 @@ def row_masked(w, repeat: int, workers: int = 1) -> dict:
     out["ns_per_mask_per_param"] = (mask_s - quant_s) / len(masks) / w.params * 1e9
     out["neighbours"] = len(site0.partners())
     return out
-
-
-def bench_masked(params: int, clients: int, repeat: int = 2) -> dict:
-    """The masked row on a fresh bench_secure.Workload: wire_ratio, client_ns_per_param,
-    server_ns_per_param, round_s, max_abs_error (plus client_mask_ns_per_param, neighbours)."""
-    from common.bench_secure import Workload
-
-    return row_masked(Workload.make(params, clients), repeat)
-
-
-if __name__ == "__main__":  # quick look: python -m common.bench_masked
-    start = time.perf_counter()
-    print(bench_masked(1_000_000, 5), f"{time.perf_counter() - start:.1f} s")

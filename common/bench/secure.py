@@ -7,71 +7,30 @@ Per mode: `wire_ratio` (one site's upload bytes / the float32 bytes of the model
 `round_s` (the critical path of a round: one site's work, as sites run in parallel, then the
 server's ingest of every site and the final decryption/unmasking), `max_abs_error` (the
 aggregate against plaintext FedAvg computed in float64). Timings are the best of `repeat`.
-Modes: none (sealed float32 weights), he (common/he.py), tenseal_default (CKKS N=8192
+Modes: none (sealed float32 weights), he (common/secure/he.py), tenseal_default (CKKS N=8192
 [60,40,40], scale 2^40, ts.ckks_vector: the common default), and any registered in ROWS.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import time
+import subprocess
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from common import he
-from common.seal import check_chunks, open_update, seal_chunks, seal_update
+from common.bench import masked
+from common.bench.workload import Workload, best, row
+from common.errors import FedSealError, InputError
+from common.integrity.seal import check_chunks, open_update, seal_chunks, seal_update
+from common.secure import he
 
 RUN = "bench"
+FLOWER_BASELINE = Path(__file__).resolve().parents[2] / "scripts" / "bench_secaggplus_flwr.py"
 SEAL_KEY = bytes(range(32))
-
-
-@dataclass(frozen=True)
-class Workload:
-    """The same updates for every mode: K sites' float32 deltas, their example counts, a base model."""
-
-    base: np.ndarray
-    deltas: list[np.ndarray]
-    counts: np.ndarray
-
-    @classmethod
-    def make(cls, params: int, clients: int, seed: int = 0) -> "Workload":
-        rng = np.random.default_rng(seed)
-        return cls(rng.normal(0, 0.1, params).astype(np.float32),
-                   [rng.normal(0, 0.02, params).astype(np.float32) for _ in range(clients)],
-                   rng.integers(10, 2000, size=clients))
-
-    @property
-    def params(self) -> int:
-        return self.base.size
-
-    def exact_mean(self) -> np.ndarray:
-        """Plaintext FedAvg of the deltas in float64."""
-        return sum(d.astype(np.float64) * n for d, n in zip(self.deltas, self.counts)) / self.counts.sum()
-
-
-def best(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
-    """(best seconds, last result) of `repeat` calls."""
-    seconds, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        seconds = min(seconds, time.perf_counter() - start)
-    return seconds, out
-
-
-def row(w: Workload, upload_bytes: int, client_s: float, server_s: float, final_s: float,
-        mean: np.ndarray) -> dict:
-    """One mode's figures (server_s: ingest of all sites; final_s: decryption/unmasking)."""
-    return {
-        "wire_ratio": upload_bytes / (4 * w.params),
-        "upload_bytes": upload_bytes,
-        "client_ns_per_param": client_s / w.params * 1e9,
-        "server_ns_per_param": server_s / (w.params * len(w.deltas)) * 1e9,
-        "round_s": client_s + server_s + final_s,
-        "max_abs_error": float(np.max(np.abs(mean - w.exact_mean()))),
-    }
 
 
 def bench_none(w: Workload, repeat: int, workers: int) -> dict:
@@ -95,7 +54,7 @@ def bench_none(w: Workload, repeat: int, workers: int) -> dict:
 
 
 def bench_he(w: Workload, repeat: int, workers: int) -> dict:
-    """common/he.py as FedSeal's he mode runs it: encrypt n x delta, seal chunks; check, add;
+    """common/secure/he.py as FedSeal's he mode runs it: encrypt n x delta, seal chunks; check, add;
     blind, one site decrypts, the server unblinds."""
     secret, public = he.make_keys()
     he.encrypt(w.deltas[0][:he.PARALLEL_MIN_CHUNKS * he.CHUNK], 1.0, secret, workers=workers)  # start workers
@@ -158,20 +117,28 @@ def bench_tenseal_default(w: Workload, repeat: int, workers: int) -> dict:
     return row(w, sum(map(len, uploads[0])), client_s, server_s, final_s, total[:w.params] / w.counts.sum())
 
 
-def bench_masked_mode(w: Workload, repeat: int, workers: int) -> dict:
-    """FedSeal's masked mode (common/bench_masked.py: SecAgg+ stages, AES-CTR masks, uint32, chunk seals)."""
-    from common.bench_masked import row_masked
+def bench_secaggplus_flwr(w: Workload, repeat: int, workers: int) -> dict:
+    """Flower's unmodified SecAgg+ (scripts/bench_secaggplus_flwr.py, run in a child process because it
+    imports Flower) on the same workload, made again there from the same seed."""
+    if not FLOWER_BASELINE.is_file():
+        raise InputError(f"the secaggplus_flwr row needs the repository's {FLOWER_BASELINE.name} "
+                         f"(not found at {FLOWER_BASELINE})")
+    cmd = [sys.executable, str(FLOWER_BASELINE), "--params", str(w.params), "--clients", str(len(w.deltas)),
+           "--repeat", str(repeat)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FedSealError(f"Flower's SecAgg+ baseline failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    return row_masked(w, repeat, workers)
 
-
-# mode name -> bench function(workload, repeat, workers) -> row; Flower's SecAgg+ baseline
-# (server/bench_secaggplus.py, it imports Flower) is added by the CLI as "secaggplus_flwr"
+# mode name -> bench function(workload, repeat, workers) -> row
 ROWS: dict[str, Callable[[Workload, int, int], dict]] = {
     "none": bench_none,
     "he": bench_he,
     "tenseal_default": bench_tenseal_default,
-    "masked": bench_masked_mode,
+    "masked": masked.row_masked,  # SecAgg+ stages, AES-CTR masks, uint32, chunk seals
+    "secaggplus_flwr": bench_secaggplus_flwr,
 }
 
 

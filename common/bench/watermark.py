@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from common.watermark import api
+from common.integrity.watermark import api
 
 CURVE_FRACTIONS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30)
 RESNET18_PARAMS = 11_689_512

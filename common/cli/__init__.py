@@ -1,4 +1,8 @@
-"""The `fedseal` command line. Each command group registers its subcommands here."""
+"""The `fedseal` command line: one module per command group, each with `register(subparsers)`.
+
+This package may import every library package of `common/` and `common.launch`; it is the one
+place (with `common.launch`) that prints, and `main` maps FedSeal's exceptions to exit codes.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
         "watermark and verify models, run benchmarks.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from common import cli_watermark
+    from common.cli import bench, certs, data, keys, report, watermark
+    from common.launch import simulate  # starts Flower's engine in a child process
 
-    cli_watermark.register(sub)
-    from common import cli_bench; cli_bench.register(sub)  # noqa: E702
-    from common import cli_keys; cli_keys.register(sub)  # noqa: E702
-    from common import cli_data
-
-    cli_data.register(sub)
-    from common import cli_report; cli_report.register(sub)  # noqa: E702
-    from common import cli_certs; cli_certs.register(sub)  # noqa: E702
-    from server import cli_simulate  # needs Flower, so it lives outside common/
-
-    cli_simulate.register(sub)
+    for group in (watermark, bench, keys, data, report, certs, simulate):
+        group.register(sub)
     return parser
 
 
@@ -43,6 +39,3 @@ def main(argv: list[str] | None = None) -> int:
         print("fedseal: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

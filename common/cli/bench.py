@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from common.errors import InputError
 
@@ -14,8 +15,6 @@ TARGETS = {"wire_ratio": "<= 2.0x (he), <= 1.0x (masked)", "client_ns_per_param"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `bench watermark` and `bench secure` to the `fedseal` command line."""
-    from common.cli_watermark import bench_watermark
-
     bench = subparsers.add_parser("bench", help="benchmarks that print figures")
     sub = bench.add_subparsers(dest="bench", metavar="WHAT", required=True)
     p = sub.add_parser(
@@ -51,10 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def bench_secure(args: argparse.Namespace) -> int:
     """`fedseal bench secure`."""
-    from common import bench_secure as bench
-    from server.bench_secaggplus import row_secaggplus_flwr  # Flower's SecAgg+ baseline (imports Flower)
+    from common.bench import secure as bench
 
-    bench.ROWS.setdefault("secaggplus_flwr", row_secaggplus_flwr)
     if args.params < 1000:
         raise InputError(f"--params must be at least 1000, got {args.params}")
     if not 1 <= args.clients <= he_max_sites():
@@ -85,6 +82,31 @@ def bench_secure(args: argparse.Namespace) -> int:
 
 
 def he_max_sites() -> int:
-    from common import he
+    from common.secure import he
 
     return he.MAX_SITES
+
+
+def bench_watermark(args) -> int:
+    """`fedseal bench watermark`."""
+    from common.bench import watermark as bench
+
+    if args.params < 10_000:
+        raise InputError("--params must be at least 10000")
+    if args.runs < 1:
+        raise InputError("--runs must be at least 1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    result = bench.run(args.params, runs_per_point=args.runs)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    base = result["copy_s"]
+    print(f"watermark benchmark: {result['params']:,} parameters ({result['bytes'] / 1e6:.1f} MB), k=8")
+    for label, key in (("embed", "embed_s"), ("verify", "verify_s"), ("recover at 10%", "recover_10pct_s"),
+                       ("numpy copy", "copy_s"), ("BLAKE2b hash", "hash_s")):
+        print(f"  {label:<16} {result[key]:8.3f} s   ({result[key] / base:6.1f}x copy, "
+              f"{result[key] / result['hash_s']:5.1f}x hash)")
+    print(f"  recovery curve (fraction of {args.runs} runs restored bit-exactly):")
+    for fraction, exact in result["recovery_curve"]:
+        print(f"    {fraction:4.0%} of blocks tampered: {exact:.2f}")
+    return 0

@@ -1,10 +1,10 @@
-"""`fedseal certs tls | node-key | secret`: deployment credentials (see common/certs.py)."""
+"""`fedseal certs tls | node-key | secret`: deployment credentials (see common/integrity/certs.py)."""
 
 from __future__ import annotations
 
 import argparse
 
-from common import certs
+from common.integrity import certs
 
 _TLS_HELP = """\
 Make a private CA and a TLS certificate for the SuperLink (the coordinator) in DIR:

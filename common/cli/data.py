@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from common.data import DATASETS, dataset_info, load_csv
+from common.learning.data import DATASETS, dataset_info, load_csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,11 +1,11 @@
-"""`fedseal keys init`: make a federation's key folders (see common/keys.py)."""
+"""`fedseal keys init`: make a federation's key folders (see common/integrity/keys.py)."""
 
 from __future__ import annotations
 
 import argparse
 
-from common import keys
 from common.errors import InputError
+from common.integrity import keys
 
 _INIT_HELP = """\
 Make fresh keys for a federation of N sites under DIR:

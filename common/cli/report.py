@@ -1,4 +1,4 @@
-"""`fedseal report RUN_DIR`: write a run's report.html (common/report.py)."""
+"""`fedseal report RUN_DIR`: write a run's report.html (common/run/report.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.report import write_report
+    from common.run.report import write_report
 
     print(f"Report: {write_report(args.run_dir, args.out)}")
     return 0

@@ -1,18 +1,18 @@
-"""`fedseal keygen | watermark | verify | recover`, and the handler of `bench watermark`."""
+"""`fedseal keygen | watermark | verify | recover`: the fragile watermark on any model file."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 from pathlib import Path
 
-from common import modelio, watermark
 from common.errors import InputError
-from common.keys import load_secret, write_private
-from common.records import CONTEXT_KEY
-from common.watermark.bits import ALLOWED_K
+from common.integrity import watermark
+from common.integrity.keys import load_secret, write_private
+from common.integrity.watermark.bits import ALLOWED_K
+from common.run import modelio
+from common.run.records import CONTEXT_KEY
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -148,28 +148,3 @@ def _recover(args) -> int:
     modelio.save_state(args.output, restored, metadata)
     _print_report(report, args.json, "recover", context)
     return 0 if report.intact else 1
-
-
-def bench_watermark(args) -> int:
-    """`fedseal bench watermark`."""
-    from common.watermark import bench
-
-    if args.params < 10_000:
-        raise InputError("--params must be at least 10000")
-    if args.runs < 1:
-        raise InputError("--runs must be at least 1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    result = bench.run(args.params, runs_per_point=args.runs)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    base = result["copy_s"]
-    print(f"watermark benchmark: {result['params']:,} parameters ({result['bytes'] / 1e6:.1f} MB), k=8")
-    for label, key in (("embed", "embed_s"), ("verify", "verify_s"), ("recover at 10%", "recover_10pct_s"),
-                       ("numpy copy", "copy_s"), ("BLAKE2b hash", "hash_s")):
-        print(f"  {label:<16} {result[key]:8.3f} s   ({result[key] / base:6.1f}x copy, "
-              f"{result[key] / result['hash_s']:5.1f}x hash)")
-    print(f"  recovery curve (fraction of {args.runs} runs restored bit-exactly):")
-    for fraction, exact in result["recovery_curve"]:
-        print(f"    {fraction:4.0%} of blocks tampered: {exact:.2f}")
-    return 0

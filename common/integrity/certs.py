@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.errors import InputError
-from common.keys import write_private
+from common.integrity.keys import write_private
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"

@@ -106,8 +106,8 @@ def _is_nonempty(path: Path) -> bool:
 
 def write_he_contexts(server: Path, clients: Sequence[Path]) -> None:
     """Write a fresh CKKS secret context to every site folder and its public context (no key) to
-    the server folder (common/he.py)."""
-    from common import he  # SEAL is loaded only when keys are made or used
+    the server folder (common/secure/he.py)."""
+    from common.secure import he  # SEAL is loaded only when keys are made or used
 
     secret, public = he.make_keys()
     he.assert_no_secret(public)
@@ -332,7 +332,7 @@ class ClientKeys:
 
 
 def _load_he_context(path: Path, *, public: bool) -> bytes:
-    from common import he
+    from common.secure import he
 
     data = _read_private(path, "CKKS public context" if public else "CKKS secret context")
     try:

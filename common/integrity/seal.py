@@ -23,9 +23,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from common import watermark
 from common.errors import InputError, TamperError
-from common.keys import derive_round_key, sign_digest, verify_digest
+from common.integrity import watermark
+from common.integrity.keys import derive_round_key, sign_digest, verify_digest
 
 
 class SealError(TamperError):

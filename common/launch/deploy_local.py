@@ -39,13 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common import certs, records
-from common.data import dataset_info, partition_indices, train_test_indices, write_csv
 from common.errors import FedSealError, InputError
-from common.keys import client_dir, init_federation
+from common.integrity import certs
+from common.integrity.keys import client_dir, init_federation
+from common.learning.data import dataset_info, partition_indices, train_test_indices, write_csv
 from common.processes import session_members, start_in_new_session, stop_session
+from common.run import records
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CONNECTION = "fedseal-local"  # the SuperLink connection name in the coordinator's FLWR_HOME
 LABEL_COLUMN = "label"
@@ -78,7 +79,7 @@ def free_ports(count: int) -> list[int]:
 def write_site_csvs(dataset: str, sites: int, partition: str, seed: int, paths: list[Path]) -> list[int]:
     """Write site i's share of the dataset's training split to `paths[i]`; return the row counts.
 
-    The shares are exactly the simulation's partitions (`common.data.load_partition(dataset, i,
+    The shares are exactly the simulation's partitions (`common.learning.data.load_partition(dataset, i,
     sites, partition, seed)`), written in the dataset's own units with its feature names and the
     label in column `label`: what a site really holds. Each site standardizes its own file.
     """
@@ -513,7 +514,7 @@ def _toml_value(value: object) -> str:
 
 
 def _modes() -> tuple[str, ...]:
-    from common.settings import SECURE_MODES
+    from common.run.settings import SECURE_MODES
 
     return tuple(SECURE_MODES)
 
@@ -589,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         min_clients = args.clients if args.min_clients is None else args.min_clients
         if not 1 <= min_clients <= args.clients:
             raise InputError(f"--min-clients must be between 1 and --clients ({args.clients}), got {min_clients}")
-        from common.data import parse_partition
+        from common.learning.data import parse_partition
 
         parse_partition(args.partition)
         extra = _parse_pairs(args.run_config)

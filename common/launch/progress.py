@@ -1,4 +1,4 @@
-"""Progress displays of `fedseal simulate` (server/cli_simulate.py).
+"""Progress displays of `fedseal simulate` (common/launch/simulate.py).
 
 PlainProgress prints one line per finished round (stdout not a terminal: the format tests and
 scripts parse). RichProgress (a terminal) shows a live line - round, stage, seconds in the
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from common import records
+from common.run import records
 
 STAGE_TEXT = {"watermark": "watermark + sign", "train": "sites verify, train, seal", "check": "check seals",
               "aggregate": "aggregate", "evaluate": "evaluate", "centralized reference": "centralized reference"}

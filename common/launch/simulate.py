@@ -1,7 +1,7 @@
 """`fedseal simulate`: a whole federation on this machine, with progress and a final table.
 
 The command validates its flags, prepares the run folder, starts Flower's simulation
-engine in a child process (server/simulate.py) in its own session, prints one line per
+engine in a child process (server/engine.py) in its own session, prints one line per
 finished round (read from rounds.jsonl), and on exit - normal, error or Ctrl-C - stops
 every process the engine started.
 """
@@ -20,11 +20,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from common import inject, processes, records
-from common.data import DATASETS, load_split
+from common import processes
 from common.errors import FedSealError, InputError
-from common.settings import AGGREGATORS, ON_TAMPER, SECURE_MODES, RunSettings
-from server import progress
+from common.launch import progress
+from common.learning.data import DATASETS, load_split
+from common.run import inject, records
+from common.run.settings import AGGREGATORS, ON_TAMPER, SECURE_MODES, RunSettings
 
 LOG_NAME = "simulation.log"
 MODE_HELP = {
@@ -128,7 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
     if settings.min_clients > args.clients:
         raise InputError(f"--min-clients {settings.min_clients} is more than --clients {args.clients}")
     if settings.dp_spec is not None and settings.dp_spec.kind == "sample":
-        from common.dp import check_model
+        from common.learning.dp import check_model
 
         check_model(settings.dataset)
     return settings, args.clients
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(summary), flush=True)
     print(f"Run folder: {folder}", flush=True)
     if not getattr(args, "no_report", False):
-        from common.report import write_report
+        from common.run.report import write_report
 
         try:
             print(f"Report: {write_report(folder)}", flush=True)
@@ -217,15 +218,15 @@ def load_resumable(path: str) -> tuple[Path, RunSettings, int]:
 
 def run_child(settings: RunSettings, clients: int, folder: Path, *, verbose: bool, out: TextIO,
               display: Any = None, quiet: bool = False) -> int:
-    """Run server/simulate.py in its own session, stream progress (`display`, default: one plain line per
+    """Run server/engine.py in its own session, stream progress (`display`, default: one plain line per
     round on `out`, none with `quiet`), always clean up."""
     display = display or progress.PlainProgress(out, lambda rec: format_progress(rec, settings.num_rounds),
                                                 quiet=quiet)
-    cmd = [sys.executable, "-m", "server.simulate", "--num-supernodes", str(clients),
+    cmd = [sys.executable, "-m", "server.engine", "--num-supernodes", str(clients),
            "--run-config", json.dumps(settings.to_run_config())]
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                       env.get("PYTHONPATH")]))
     processes.become_subreaper()
     rounds_path, log_path = folder / records.ROUNDS, folder / LOG_NAME

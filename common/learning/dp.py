@@ -188,7 +188,7 @@ def client_epsilon(spec: DpSpec, rounds_done: int) -> float:
 
 def check_model(dataset: str) -> None:
     """InputError if Opacus cannot compute per-example gradients for the dataset's model."""
-    from common.models import build_model
+    from common.learning.models import build_model
 
     check_module(build_model(dataset), dataset)
 
@@ -216,7 +216,7 @@ def train_private(model, x: np.ndarray, y: np.ndarray, *, plan: SitePlan, clip: 
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from common.training import make_optimizer, seed_everything
+    from common.learning.training import make_optimizer, seed_everything
 
     gen = seed_everything(seed)
     noise_gen = torch.Generator().manual_seed(seed ^ 0x5EED_D9)
@@ -254,13 +254,15 @@ def train_private(model, x: np.ndarray, y: np.ndarray, *, plan: SitePlan, clip: 
 
 
 def clip_update(trained: dict[str, np.ndarray], base: dict[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:
-    """base + (trained - base) scaled to L2 norm at most `clip` (over all arrays together), with
-    Flower's compute_clip_model_update (what its fixedclipping mods do)."""
-    from flwr.supercore.differential_privacy import compute_clip_model_update
-
+    """base + (trained - base) scaled to L2 norm at most `clip` (over all arrays together): the
+    arithmetic of Flower's compute_clip_model_update (what its fixedclipping mods do), step by step,
+    so this library stays Flower-free (tests/learning/test_dp.py checks the two agree bit for bit)."""
     names = list(trained)
     params = [np.asarray(trained[n], dtype=np.float64) for n in names]
     bases = [np.asarray(base[n], dtype=np.float64) for n in names]
-    if any(np.any(p != b) for p, b in zip(params, bases, strict=True)):  # Flower divides by the norm
-        compute_clip_model_update(params, bases, clip)
+    deltas = [p - b for p, b in zip(params, bases, strict=True)]
+    norm = float(np.sqrt(sum(np.linalg.norm(d.flat) ** 2 for d in deltas)))
+    if norm > 0:  # Flower divides by the norm
+        scale = min(1, clip / norm)
+        params = [b + d * scale for b, d in zip(bases, deltas)]
     return {n: p.astype(np.float32) for n, p in zip(names, params, strict=True)}

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.data import dataset_info
+from common.learning.data import dataset_info
 
 
 class MLP(nn.Module):

@@ -82,8 +82,8 @@ def centralized_reference(dataset: str, *, epochs: int, lr: float, batch_size: i
     The reference a federation is compared with: give it the federation's total epochs
     (rounds x local epochs). Scored on the same global test split.
     """
-    from common.data import load_split
-    from common.models import initial_model
+    from common.learning.data import load_split
+    from common.learning.models import initial_model
 
     split = load_split(dataset)
     model = initial_model(dataset, seed)

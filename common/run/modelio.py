@@ -51,7 +51,7 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
 
 def save_state(path: str | os.PathLike, state: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically: a reader never sees a half-written file."""
-    from common.records import save_arrays
+    from common.run.records import save_arrays
 
     path = Path(path)
     if path.suffix in TORCH_SUFFIXES:

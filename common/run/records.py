@@ -40,7 +40,7 @@ class RoundRecord:
     clients_used: int
     rejected: list[Any] = field(default_factory=list)
     recovered: list[Any] = field(default_factory=list)
-    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (common/stages.py)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (common/run/stages.py)
     epsilon: dict[str, float] = field(default_factory=dict)  # --dp: site -> its epsilon after this round
 
     def to_json(self) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def published_metadata(arrays: dict[str, np.ndarray], context: str, signature: b
                        extra: dict[str, str] | None = None) -> dict[str, str]:
     """File metadata of a published (watermarked, signed) global model: what `fedseal verify`
     needs besides the key (the tensor manifest and the context), and the server's signature."""
-    from common import watermark
+    from common.integrity import watermark
 
     return {watermark.MANIFEST_KEY: watermark.manifest_of(arrays), CONTEXT_KEY: context,
             SIGNATURE_KEY: signature.hex(), **(extra or {})}

@@ -4,7 +4,7 @@
 run-config.json), audit.jsonl and the model files, draws the plots with matplotlib (Agg, no
 display; imported only here) and writes RUN_DIR/report.html with every image embedded as a
 base64 PNG data URI: no network, nothing beside it. Every value from the run folder is escaped
-with html.escape. The library never prints; `fedseal report` (common/cli_report.py) does.
+with html.escape. The library never prints; `fedseal report` (common/cli/report.py) does.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common import records
 from common.errors import InputError
-from common.stages import ORDER as STAGE_ORDER
+from common.run import records
+from common.run.stages import ORDER as STAGE_ORDER
 
 REPORT = "report.html"
 RUN_CONFIG = "run-config.json"

@@ -11,10 +11,11 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from common.data import DATASETS, parse_partition
-from common.dp import DpSpec, parse_dp
 from common.errors import InputError
-from common.inject import Injection, parse as parse_injections
+from common.learning.data import DATASETS, parse_partition
+from common.learning.dp import DpSpec, parse_dp
+from common.run.inject import Injection
+from common.run.inject import parse as parse_injections
 
 SECURE_MODES = ("none", "he", "masked")
 
@@ -65,12 +66,12 @@ class RunSettings:
         on_tamper (str, "reject"): a reply whose seal fails is rejected; with "recover" it is
             restored bit-exactly and accepted when within the recovery bound.
         inject (str, ""): simulation fault injection, comma-separated KIND:CLIENT:ROUND
-            (see common/inject.py).
+            (see common/run/inject.py).
         keys_dir (str, ""): the federation's key folder (from `fedseal keys init`) holding
             server/; "" means the run makes its own keys in <run folder>/keys.
         resume (bool, False): continue the run in out_dir after its last completed round.
         dp (str, ""): differential privacy, "" = off; "sample:EPS,DELTA[,CLIP]" (DP-SGD at each
-            site) or "client:NOISE,CLIP[,DELTA]" (clipped updates, server noise); common/dp.py.
+            site) or "client:NOISE,CLIP[,DELTA]" (clipped updates, server noise); common/learning/dp.py.
         round_timeout (int, 300): seconds the server waits for the sites' replies at each step of
             a round; sites that do not answer in time are left out of that round.
     """

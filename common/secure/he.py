@@ -26,13 +26,13 @@ Precision and range: values are encoded at scale 2^SCALE_BITS (36). A decrypted 
 about 1e-7 absolute (100 sites, measured 8e-8; noise grows like sqrt(sites)), i.e. ~1e-9 or less
 on the weighted mean once divided by sum n >= 100: small enough that the mean, rounded to float32
 and stripped of its watermark bits, equals plaintext FedAvg bit for bit in all but about 1 in
-100,000 values (tests/test_he_mode.py; 50 bits at 2^30 missed about 1 in 1,600). The sum
+100,000 values (tests/server/modes/test_he.py; 50 bits at 2^30 missed about 1 in 1,600). The sum
 must stay below q / 2 / scale = 2^19 in absolute value or it wraps around silently; `encrypt`
 keeps a factor-2 margin and refuses a site whose |vector * weight| exceeds
 `capacity / max_sites` (2^18 / 128 = 2048 with the default 128 sites), and `add` refuses more
 than max_sites sites. Scale weights accordingly (e.g. weight = n_examples, or n_examples / 1000 for big sites).
 
-The server adds only the c0 parts of the seeded ciphertexts (numpy, modulo q; common/he_serial.py
+The server adds only the c0 parts of the seeded ciphertexts (numpy, modulo q; common/secure/he_serial.py
 reads them from SEAL's bytes) and forwards every site's seeds with the sum: the decrypting site
 lets SEAL expand them into the c1 parts. Server ingest is thus a seal check, a zstd
 decompression and one vector add per site. SEAL serializes with its compile-time default
@@ -53,8 +53,17 @@ from dataclasses import dataclass
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from common.he_serial import (SEED_RECORD_BYTES, HEError, plaintext, plaintext_coefficients, put, save, scratch,
-                              seeded_ciphertext, seeded_parts)
+from common.secure.he_serial import (
+    SEED_RECORD_BYTES,
+    HEError,
+    plaintext,
+    plaintext_coefficients,
+    put,
+    save,
+    scratch,
+    seeded_ciphertext,
+    seeded_parts,
+)
 
 POLY_MODULUS_DEGREE = 4096
 PRIME_BITS = 56

@@ -1,4 +1,4 @@
-"""SEAL's binary serialization, read and written with numpy (Flower-free; common/he.py uses it).
+"""SEAL's binary serialization, read and written with numpy (Flower-free; common/secure/he.py uses it).
 
 `tenseal.sealapi` saves and loads through file paths only and offers no access to coefficients.
 So the server reads the parts of a seeded ciphertext (c0 and the PRNG seed record that stands

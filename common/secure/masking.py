@@ -11,7 +11,7 @@ masked vectors, following Flower's SecAgg+ (flwr 1.41) with FedSeal's fixes (FIE
   exact integer sum. Aggregate error per parameter of the weighted mean (values inside +-R):
   at most K * step / 2 / P_s = K * R / (2 L P_s) from rounding, P_s = sum of p over the sites
   summed, plus float32 rounding of p * d / step (2^-24 relative to p * |d|). R = 16, K = 5:
-  1.9e-8; K = 1000: 3.7e-6 (measured: tests/test_masking.py, `bench_masked`).
+  1.9e-8; K = 1000: 3.7e-6 (measured: tests/secure/test_masking.py, `fedseal bench secure --modes masked`).
 - **Masks** from AES-128-CTR keystreams (`cryptography`) read as uint32 words, keyed by HKDF of
   the full 32-byte secret with a context binding run, round and the pair (pairwise masks) or the
   site (self mask). The 128-bit key matches the security level of the X25519 agreement it comes
@@ -51,8 +51,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from common.errors import InputError, TamperError
-from common.keys import context_bytes
-from common.secret_shares import field
+from common.integrity.keys import context_bytes
+from common.secure.secret_shares import field
 
 WORK_CHUNK = 1 << 16  # words per pipeline step: 256 KiB buffers stay in L2
 SEGMENT = 1 << 18  # words per keystream nonce (a multiple of WORK_CHUNK); the least a thread masks

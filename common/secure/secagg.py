@@ -1,6 +1,6 @@
 """The masked-aggregation protocol's computations, Flower-free (SecAgg+ stages, DESIGN.md §3).
 
-A round in `--secure-mode masked` (server/mode_masked.py and client/mode_masked.py carry the bytes):
+A round in `--secure-mode masked` (server/modes/masked.py and client/modes/masked.py carry the bytes):
 
 1. **setup** - each site makes two X25519 key pairs (pairwise masks; share encryption) and sends
    the public halves with its number of examples, sealed with its round key (`advertise`).
@@ -32,14 +32,16 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 
 import numpy as np
 
-from common import masking, secret_shares as ss
 from common.errors import InputError
-from common.keys import derive_round_key
-from common.masking import Quantizer
+from common.integrity.keys import derive_round_key
+from common.secure import masking
+from common.secure import secret_shares as ss
+from common.secure.masking import Quantizer
 
 SEED_SHARE = "seed"
 KEY_SHARE = "key"
@@ -208,7 +210,7 @@ def check_advert(advert: Advert, round_key: bytes, run_name: str, server_round: 
 
 
 def signed_digest(data: bytes) -> bytes:
-    """What the server signs (Ed25519, `common.keys.sign_digest`) for a roster or an unmask request."""
+    """What the server signs (Ed25519, `common.integrity.keys.sign_digest`) for a roster or an unmask request."""
     return hashlib.sha256(b"fedseal/masked/signed/v1" + bytes(data)).digest()
 
 

@@ -15,15 +15,26 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
-from common import he, wire
+from common import wire
 from common.errors import KeyFileError
-from common.models import flatten, param_count, unflatten
-from common.seal import CHUNK_TAG_BYTES, SealError, check_chunks
+from common.integrity.seal import CHUNK_TAG_BYTES, SealError, check_chunks
+from common.learning.models import flatten, param_count, unflatten
+from common.secure import he
 from server.checks import Verdict, num_examples_of, payload_bytes, refusal_of, site_of
-from server.rounds import (RoundContext, RoundResult, enough, message, note_accepted, note_refusal, note_rejection,
-                           send, site_metrics, train_messages)
+from server.rounds import (
+    RoundContext,
+    RoundResult,
+    enough,
+    message,
+    note_accepted,
+    note_refusal,
+    note_rejection,
+    send,
+    site_metrics,
+    train_messages,
+)
 
-PAYLOAD_KIND = "he"  # the kind the sites bind into their chunk seals (client/mode_he.py)
+PAYLOAD_KIND = "he"  # the kind the sites bind into their chunk seals (client/modes/he.py)
 MAX_CHUNK_BYTES = 2 * 8 * he.POLY_MODULUS_DEGREE + 4096  # an unseeded ciphertext, with room for headers
 
 

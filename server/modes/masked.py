@@ -1,4 +1,4 @@
-"""`masked` mode: SecAgg+ on the Message API with FedSeal's fixes (common/secagg.py computes).
+"""`masked` mode: SecAgg+ on the Message API with FedSeal's fixes (common/secure/secagg.py computes).
 
 The server sees each site's public keys and number of examples, then only masked uint32 vectors,
 and learns only the sum of the survivors' weighted updates. One round:
@@ -25,13 +25,23 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
-from common import masking, secagg, wire
+from common import wire
 from common.errors import FedSealError
-from common.keys import sign_digest
-from common.models import flatten, param_count, unflatten
+from common.integrity.keys import sign_digest
+from common.learning.models import flatten, param_count, unflatten
+from common.secure import masking, secagg
 from server.checks import Verdict, payload_bytes, site_of
-from server.rounds import (RoundContext, RoundResult, enough, message, note_accepted, note_refusal, note_rejection,
-                           send, site_metrics)
+from server.rounds import (
+    RoundContext,
+    RoundResult,
+    enough,
+    message,
+    note_accepted,
+    note_refusal,
+    note_rejection,
+    send,
+    site_metrics,
+)
 
 ALL_PAIRS_UP_TO = 16  # up to this many sites every pair shares a mask; beyond, a SecAgg+ graph
 

@@ -9,8 +9,17 @@ from common import wire
 from server.aggregation import Update, aggregate
 from server.checks import check_sealed_reply, payload_bytes
 from server.dp import client_dp_aggregate
-from server.rounds import (RoundContext, RoundResult, enough, note_accepted, note_refusal, note_rejection, send,
-                           site_metrics, train_messages)
+from server.rounds import (
+    RoundContext,
+    RoundResult,
+    enough,
+    note_accepted,
+    note_refusal,
+    note_rejection,
+    send,
+    site_metrics,
+    train_messages,
+)
 
 
 def run_round(ctx: RoundContext) -> RoundResult:

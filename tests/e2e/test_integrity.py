@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.run import records
-
-from common.integrity import watermark
 from common.cli import main
+from common.integrity import watermark
 from common.integrity.keys import load_secret
+from common.run import records
 from common.run.modelio import load_state
-from simrun import simulate, simulate_interrupted
+from tests.simrun import simulate, simulate_interrupted
 
 ROUNDS = 6
 BASE = ["--dataset", "breast-cancer", "--clients", "5", "--rounds", str(ROUNDS), "--seed", "0", "--no-report"]

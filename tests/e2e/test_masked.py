@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from common.run import records
-from simrun import simulate
+from tests.simrun import simulate
 
 BASE = ["--dataset", "breast-cancer", "--clients", "5", "--rounds", "3", "--seed", "0", "--no-report", "--quiet"]
 SHARED = ["--inject", "tamper-update:2:1", "--inject", "drop:3:2"]

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.run import records
-
 from common.integrity import watermark
 from common.integrity.keys import load_secret
-from common.run.modelio import load_state
 from common.learning.models import array_spec, get_arrays, initial_model
-from simrun import simulate
+from common.run import records
+from common.run.modelio import load_state
+from tests.simrun import simulate
 
 
 def _simulate(out: Path) -> subprocess.CompletedProcess:

@@ -13,9 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from common.integrity import certs
 from common.cli import main as cli
 from common.errors import InputError
+from common.integrity import certs
 
 
 def _mode(path) -> int:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.integrity import keys
 from common.errors import InputError, KeyFileError, TamperError
+from common.integrity import keys
 
 # Fixed vectors: if one of these changes, keys made by an older FedSeal stop matching.
 VECTOR_SEAL_KEY = bytes(range(32))

@@ -10,13 +10,20 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.run import inject
-
-from common.integrity import seal, watermark
 from common.errors import InputError, TamperError
+from common.integrity import seal, watermark
+from common.integrity.seal import (
+    SealError,
+    digest_arrays,
+    global_context,
+    open_update,
+    publish_global,
+    receive_global,
+    seal_context,
+    seal_update,
+)
 from common.learning.models import array_spec, get_arrays, initial_model
-from common.integrity.seal import (SealError, digest_arrays, global_context, open_update, publish_global, receive_global,
-                         seal_context, seal_update)
+from common.run import inject
 
 RUN = "run-7"
 DATASETS = ("breast-cancer", "digits")

@@ -6,12 +6,13 @@ import hashlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from common.integrity import watermark as wm
-from common.errors import InputError
-from common.integrity.watermark import bits
 from common.bench.watermark import resnet18_like, tamper_blocks
+from common.errors import InputError
+from common.integrity import watermark as wm
+from common.integrity.watermark import bits
 
 KEY = bytes(range(32))
 CTX = "run-1/round-3"

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from common.run import records
+from common.launch.deploy_local import DeployError, Deployment
 from common.processes import session_members, start_in_new_session, stop_session
+from common.run import records
 from common.run.settings import SECURE_MODES
-from common.launch.deploy_local import Deployment, DeployError
 from tests.simrun import assert_no_leftovers
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLIENTS, ROUNDS, SEED = 3, 1, 0  # one round per mode: each message starts a ClientApp process (~15 s)
 TEST_EXAMPLES = 113  # breast-cancer's global test split
 # Sites standardize their own CSV and seed their local steps by their file, the simulation uses the

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from common.learning import data
 from common.errors import InputError
+from common.learning import data
 
 
 @pytest.mark.parametrize("name,n,features,classes", [("breast-cancer", 569, 30, 2), ("digits", 1797, 64, 10)])

@@ -14,22 +14,19 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 
-from common.learning import dp
-
-from common.run import records
-
 from common import wire
 from common.cli import main
-from common.learning.data import load_partition, load_split
 from common.errors import InputError
+from common.learning import dp
+from common.learning.data import load_partition, load_split
 from common.learning.models import get_arrays, initial_model, set_arrays
+from common.learning.training import evaluate
+from common.run import records
 from common.run.records import RoundRecord
 from common.run.settings import RunSettings
-from common.learning.training import evaluate
 from server import dp as server_dp
 from server.aggregation import Update
-from simrun import simulate
-
+from tests.simrun import simulate
 
 # --- the setting --------------------------------------------------------------------------------
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.run import inject
 from common.cli import main
 from common.errors import InputError
-from common.run.inject import Injection
 from common.learning.models import get_arrays, initial_model
+from common.run import inject
+from common.run.inject import Injection
 from common.run.settings import RunSettings
 
 

@@ -108,6 +108,7 @@ def test_check_reply_rejects_malformed(arrays, n, reason):
 @pytest.mark.usefixtures("flower_task_identity")
 def test_check_reply_rejects_garbled_bytes_and_error_replies():
     from flwr.app import Array, Error, Message
+
     from server.checks import check_reply
 
     msg = _reply(GOOD)

@@ -10,10 +10,10 @@ import zlib
 
 import pytest
 
-from common.run import records
 from common.cli import main
+from common.run import records
 from common.run.report import REPORT, write_report
-from simrun import simulate
+from tests.simrun import simulate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

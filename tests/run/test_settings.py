@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from common.cli import main
-from common.learning.data import write_csv
 from common.errors import InputError
+from common.learning.data import write_csv
 from common.run.settings import RUN_CONFIG_KEYS, RunSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pyproject_run_config_matches_settings_defaults():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_seal_parts.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_seal_parts.py"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tenseal.sealapi as sealapi
 
-from common.secure import he, he_serial
 from common.errors import InputError
+from common.secure import he, he_serial
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
-from common.secure import masking, secagg, secret_shares as ss
 from common.errors import InputError
 from common.integrity.keys import derive_round_key
+from common.secure import masking, secagg
+from common.secure import secret_shares as ss
 from common.secure.masking import MaskSealError, Quantizer
 
 RUN, ROUND = "run-test", 3

@@ -10,9 +10,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from common import wire
-from common.learning.models import array_spec, get_arrays, initial_model
 from common.integrity.seal import seal_update
 from common.integrity.watermark import strip
+from common.learning.models import array_spec, get_arrays, initial_model
 from server.checks import check_sealed_reply
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")

@@ -2,10 +2,10 @@
 
 `embed` hides keyed block tags and Reed-Solomon recovery data in the k low mantissa bits of
 every float32; `verify` finds and locates tampered blocks; `recover` restores them bit-exactly
-while tampering stays under the recovery bound. See common/watermark/layout.py for the layout.
+while tampering stays under the recovery bound. See common/integrity/watermark/layout.py for the layout.
 """
 
-from common.watermark.api import (
+from common.integrity.watermark.api import (
     DEFAULT_K,
     MANIFEST_KEY,
     TensorDamage,

@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from common.errors import InputError
-from common.watermark import bits, layout as layout_mod
-from common.watermark.codec import Check, Codec, Model
-from common.watermark.layout import Layout, TensorSpec
+from common.integrity.watermark import bits
+from common.integrity.watermark import layout as layout_mod
+from common.integrity.watermark.codec import Check, Codec, Model
+from common.integrity.watermark.layout import Layout, TensorSpec
 
 DEFAULT_K = 8
 MANIFEST_KEY = "fedseal.watermark"  # file metadata: the manifest of a watermarked model

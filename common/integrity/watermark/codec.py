@@ -1,7 +1,7 @@
 """Embedding, checking and restoring the watermark on rows of a layout.
 
 Works on one `Model` view: the full and short blocks as a (rows, 64) uint32 array and the
-side data as byte strings. `common.watermark.api` maps state dicts and files onto it.
+side data as byte strings. `common.integrity.watermark.api` maps state dicts and files onto it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import reed_solomon_leopard
 
-from common.watermark import bits
-from common.watermark.layout import Group, Layout, unit_geometry, unit_locations
-from common.watermark.tags import SIDE_TAG_BYTES, TAG_BYTES, BlockMac, side_tag
+from common.integrity.watermark import bits
+from common.integrity.watermark.layout import Group, Layout, unit_geometry, unit_locations
+from common.integrity.watermark.tags import SIDE_TAG_BYTES, TAG_BYTES, BlockMac, side_tag
 
 
 @dataclass

@@ -24,8 +24,8 @@ import numpy as np
 import reed_solomon_leopard
 
 from common.errors import InputError
-from common.watermark import bits
-from common.watermark.tags import SIDE_TAG_BYTES, TAG_BYTES, keyed_permutation
+from common.integrity.watermark import bits
+from common.integrity.watermark.tags import SIDE_TAG_BYTES, TAG_BYTES, keyed_permutation
 
 FORMAT = "fedseal-watermark-v1"
 HEADER_COPIES = 3

@@ -9,18 +9,16 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from common.secure import he
-
-from common.run import records
-
 from common import wire
-from common.learning.models import array_spec, flatten, get_arrays, initial_model
 from common.integrity.seal import seal_chunks
 from common.integrity.watermark import strip
+from common.learning.models import array_spec, flatten, get_arrays, initial_model
+from common.run import records
+from common.secure import he
 from server.aggregation import Update, fedavg
 from server.modes.he import check_he_reply
 from server.rounds import RoundContext
-from simrun import simulate
+from tests.simrun import simulate
 
 RUN, ROUND = "run-he", 2
 
