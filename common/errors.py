@@ -1,4 +1,13 @@
-"""FedSeal's exceptions; the CLI maps them to exit codes in one place (common/cli/__init__.py)."""
+"""FedSeal's exceptions; the CLI maps them to exit codes in one place (common/cli/__init__.py).
+`one_line` turns any error text (a Ray traceback, a multi-line message) into the one readable line
+that audit records and replies carry."""
+
+import re
+
+REASON_LIMIT = 300  # characters of an audit reason
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_FRAME = re.compile(r"^(Traceback \(most recent call last\)|File \"|During handling of the above|The above exception"
+                    r"|[\^~\s]+$|\|)")
 
 
 class FedSealError(Exception):
@@ -19,3 +28,15 @@ class KeyFileError(InputError):
 
 class TamperError(FedSealError):
     """A check failed: the data is not what was sealed or watermarked (exit status 1)."""
+
+
+def one_line(text: object, limit: int = REASON_LIMIT) -> str:
+    """`text` as one line of at most `limit` characters: colour codes removed; for a traceback, its
+    last meaningful line (the exception and its message); otherwise its lines joined with "; "."""
+    lines = [line.strip() for line in _ANSI.sub("", str(text)).splitlines()]
+    lines = [line for line in lines if line]
+    if any(line.startswith(("Traceback", "File \"")) for line in lines):
+        meaningful = [line for line in lines if not _FRAME.match(line)]
+        lines = meaningful[-1:] or lines[-1:]
+    joined = " ".join("; ".join(lines).split())
+    return joined if len(joined) <= limit else joined[: limit - 3].rstrip() + "..."

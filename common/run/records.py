@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file
 
+from common.errors import one_line
+
 SUMMARY = "summary.json"
 ROUNDS = "rounds.jsonl"
 AUDIT = "audit.jsonl"
@@ -166,7 +168,10 @@ class RunRecorder:
         atomic_write_json(self.folder / PROGRESS, {"round": server_round, "stage": stage})
 
     def audit(self, event: str, **details: Any) -> None:
-        """Append a security event (e.g. a rejected reply) to audit.jsonl."""
+        """Append a security event (e.g. a rejected reply) to audit.jsonl; its `reason` is made one
+        readable line (errors.one_line), whatever the site or the library said."""
+        if "reason" in details:
+            details["reason"] = one_line(details["reason"])
         self._append(AUDIT, {"event": event, **details})
 
     def checkpoint(self, arrays: dict[str, np.ndarray], server_round: int) -> Path:
