@@ -9,5 +9,6 @@
 - `launch`: the launchers that start both sides (simulation, local deployment) as processes;
 - `bench`: benchmarks that print figures.
 
-`errors`, `wire` and `processes` are the small modules every package may import.
+`errors`, `wire`, `kdf` (round keys and contexts) and `processes` are the small modules every
+package may import.
 """

@@ -28,7 +28,12 @@ def flower_task_identity():
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
     """A 3-site federation's keys: (ServerKeys, {site id: ClientKeys}) for sites "0", "1", "2"."""
-    from common.integrity.keys import ClientKeys, ServerKeys, client_dir, init_federation
+    from common.integrity.keys import (
+        ClientKeys,
+        ServerKeys,
+        client_dir,
+        init_federation,
+    )
 
     root = tmp_path_factory.mktemp("fed") / "keys"
     init_federation(root, 3)

@@ -1,6 +1,6 @@
 """Integrity: the fragile watermark (`watermark`), seals on payloads (`seal`), the federation's keys
 (`keys`) and deployment certificates (`certs`).
 
-May import: `common.errors` and the standard library, `cryptography`, numpy and safetensors;
+May import: `common.errors`, `common.kdf` and the standard library, `cryptography`, numpy and safetensors;
 `keys` loads `common.secure.he` lazily to make the CKKS contexts. Never Flower.
 """

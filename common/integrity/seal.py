@@ -20,12 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from common.errors import InputError, TamperError
 from common.integrity import watermark
-from common.integrity.keys import derive_round_key, sign_digest, verify_digest
+from common.integrity.keys import sign_digest, verify_digest
+from common.kdf import derive_round_key
 
 
 class SealError(TamperError):

@@ -42,7 +42,12 @@ import numpy as np
 from common.errors import FedSealError, InputError
 from common.integrity import certs
 from common.integrity.keys import client_dir, init_federation
-from common.learning.data import dataset_info, partition_indices, train_test_indices, write_csv
+from common.learning.data import (
+    dataset_info,
+    partition_indices,
+    train_test_indices,
+    write_csv,
+)
 from common.processes import session_members, start_in_new_session, stop_session
 from common.run import records
 

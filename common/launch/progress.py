@@ -45,7 +45,13 @@ class RichProgress:
 
     def __init__(self, folder: Path, num_rounds: int, line: Callable[[dict[str, Any]], str]) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+        )
 
         self.folder, self.num_rounds, self.line = folder, num_rounds, line
         self.console = Console()

@@ -129,7 +129,9 @@ def _png(fig) -> str:
 
 
 def _figure(width: float, height: float, ncols: int = 1):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+    from matplotlib.figure import (
+        Figure,  # no pyplot: no global state, no display backend
+    )
 
     fig = Figure(figsize=(width, height))
     axes = fig.subplots(1, ncols)

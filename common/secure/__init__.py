@@ -2,6 +2,6 @@
 AES-CTR masking and quantization (`masking`), the SecAgg+ protocol (`secagg`) and Shamir secret
 shares (`secret_shares`).
 
-May import: `common.errors`, `common.integrity.keys` (context bytes, round keys), TenSEAL's
+May import: `common.errors`, `common.kdf` (contexts, round keys), TenSEAL's
 sealapi, `cryptography`, pycryptodome and numpy. Never Flower.
 """

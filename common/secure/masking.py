@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from common.errors import InputError, TamperError
-from common.integrity.keys import context_bytes
+from common.kdf import context_bytes
 from common.secure.secret_shares import field
 
 WORK_CHUNK = 1 << 16  # words per pipeline step: 256 KiB buffers stay in L2

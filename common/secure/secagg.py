@@ -38,7 +38,7 @@ from dataclasses import field as dc_field
 import numpy as np
 
 from common.errors import InputError
-from common.integrity.keys import derive_round_key
+from common.kdf import derive_round_key
 from common.secure import masking
 from common.secure import secret_shares as ss
 from common.secure.masking import Quantizer

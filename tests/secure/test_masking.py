@@ -11,7 +11,7 @@ import pytest
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
 from common.errors import InputError
-from common.integrity.keys import derive_round_key
+from common.kdf import derive_round_key
 from common.secure import masking, secagg
 from common.secure import secret_shares as ss
 from common.secure.masking import MaskSealError, Quantizer
@@ -80,7 +80,13 @@ def test_aggregate_error_of_the_weighted_mean_is_below_1e5(sites, examples):
 def test_aggregate_error_of_real_model_deltas():
     """Deltas of the breast-cancer MLP after local training at three sites."""
     from common.learning.data import load_partition
-    from common.learning.models import array_spec, flatten, get_arrays, initial_model, set_arrays
+    from common.learning.models import (
+        array_spec,
+        flatten,
+        get_arrays,
+        initial_model,
+        set_arrays,
+    )
     from common.learning.training import train
 
     base = get_arrays(initial_model("breast-cancer", 0))

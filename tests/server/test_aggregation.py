@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from server.aggregation import AGGREGATORS, Update, aggregate, krum, median, trimmed_mean
+from server.aggregation import (
+    AGGREGATORS,
+    Update,
+    aggregate,
+    krum,
+    median,
+    trimmed_mean,
+)
 
 
 def _up(site, w, b=0.0, n=10):

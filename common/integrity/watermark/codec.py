@@ -12,8 +12,18 @@ import numpy as np
 import reed_solomon_leopard
 
 from common.integrity.watermark import bits
-from common.integrity.watermark.layout import Group, Layout, unit_geometry, unit_locations
-from common.integrity.watermark.tags import SIDE_TAG_BYTES, TAG_BYTES, BlockMac, side_tag
+from common.integrity.watermark.layout import (
+    Group,
+    Layout,
+    unit_geometry,
+    unit_locations,
+)
+from common.integrity.watermark.tags import (
+    SIDE_TAG_BYTES,
+    TAG_BYTES,
+    BlockMac,
+    side_tag,
+)
 
 
 @dataclass
