@@ -15,27 +15,40 @@ import time
 from pathlib import Path
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(session id, start time) of a process, or None if it is gone."""
+def _fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name, or None if the process is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     fields = raw[raw.rindex(")") + 2:].split()
-    if fields[0] == "Z":  # zombie: already dead, waiting to be reaped
-        return None
-    return int(fields[3]), int(fields[19])  # session, starttime
+    return None if fields[0] == "Z" else fields  # a zombie is already dead, waiting to be reaped
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(session id, start time) of a process, or None if it is gone."""
+    fields = _fields(pid)
+    return (int(fields[3]), int(fields[19])) if fields else None  # session, starttime
+
+
+def _live(field: int, value: int) -> dict[int, int]:
+    """{pid: start time} of the live processes whose stat field `field` equals `value`."""
+    members = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _fields(int(entry.name))) and int(fields[field]) == value:
+            members[int(entry.name)] = int(fields[19])
+    return members
 
 
 def session_members(sid: int) -> dict[int, int]:
     """{pid: start time} of the live processes in session `sid`."""
-    members = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            info = _stat(int(entry.name))
-            if info and info[0] == sid:
-                members[int(entry.name)] = info[1]
-    return members
+    return _live(3, sid)
+
+
+def children_of(pid: int) -> dict[int, int]:
+    """{pid: start time} of the live children of `pid` (with `become_subreaper`, also the orphans
+    of its descendants, such as a server a child started detached before it exited)."""
+    return _live(1, pid)
 
 
 def start_in_new_session(cmd: list[str], **kwargs) -> subprocess.Popen:
@@ -53,6 +66,18 @@ def stop_session(proc: subprocess.Popen, grace: float = 5.0) -> list[int]:
     members = session_members(sid)
     if proc.poll() is None:
         members.setdefault(proc.pid, _stat(proc.pid)[1] if _stat(proc.pid) else 0)
+    signalled = stop_processes(members, grace, also=lambda: session_members(sid), poll=proc.poll)
+    try:
+        proc.wait(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        pass
+    return signalled
+
+
+def stop_processes(members: dict[int, int], grace: float = 5.0, *, also=dict, poll=lambda: None) -> list[int]:
+    """Terminate the processes `members` ({pid: start time}) and those `also()` adds meanwhile:
+    SIGTERM, then SIGKILL after `grace` seconds; `poll()` reaps a direct child while waiting.
+    Returns the PIDs signalled; a PID whose start time changed (reused) is never hit."""
     signalled: list[int] = []
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
         alive = {pid: st for pid, st in members.items() if _same(pid, st)}
@@ -66,15 +91,11 @@ def stop_session(proc: subprocess.Popen, grace: float = 5.0) -> list[int]:
                 pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            proc.poll()  # reap our direct child
+            poll()
             if not any(_same(pid, st) for pid, st in alive.items()):
                 break
             time.sleep(0.1)
-        members = {**alive, **session_members(sid)}
-    try:
-        proc.wait(timeout=2.0)
-    except subprocess.TimeoutExpired:
-        pass
+        members = {**alive, **also()}
     return sorted(set(signalled))
 
 
