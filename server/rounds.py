@@ -17,6 +17,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from common import wire
+from common.errors import one_line
 from common.integrity.keys import ServerKeys
 from common.run.records import RunRecorder
 from common.run.settings import RunSettings
@@ -45,6 +46,7 @@ class RoundContext:
     config: dict  # the round's train config
     recorder: RunRecorder
     clock: StageClock
+    names: dict[int, str] = field(default_factory=dict)  # node id -> the site it is bound to (server/roster.py)
 
 
 @dataclass
@@ -88,7 +90,8 @@ def send(ctx: RoundContext, messages: list[Message], stage: str) -> list[Message
     if silent:
         reasons = sorted({r.error.reason for r in stand_ins if r.has_error()})
         ctx.recorder.audit("replies_missing", round=ctx.server_round, stage=stage, count=len(silent),
-                           nodes=silent, **({"flower_errors": reasons} if reasons else {}))
+                           clients=[ctx.names.get(n, f"node-{n}") for n in silent], nodes=silent,
+                           **({"flower_errors": [one_line(r) for r in reasons]} if reasons else {}))
         log(WARNING, "Round %d (%s): no reply from %d site(s) within %s s", ctx.server_round, stage,
             len(silent), ctx.settings.round_timeout)
     return replies

@@ -101,7 +101,7 @@ def check_he_reply(reply: Message, ctx: RoundContext, count: int) -> tuple[Verdi
     of sane size, each carrying the site's valid seal for this run and round."""
     if (refusal := refusal_of(reply)) is not None:
         return refusal, None
-    site = site_of(reply)
+    site = site_of(reply, ctx.names)
 
     def reject(reason: str) -> tuple[Verdict, None]:
         return Verdict(site, reason=reason), None
