@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from functools import partial
 from logging import INFO
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common import wire
 from common.integrity import watermark
-from common.integrity.keys import ServerKeys, init_federation
+from common.integrity.keys import ServerKeys, init_federation, write_he_contexts
 from common.integrity.seal import global_context, publish_global
 from common.learning.data import load_split
 from common.learning.dp import check_model
@@ -49,7 +50,8 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "FedSeal run folder: %s", recorder.folder)
     connected = roster_mod.first_nodes(grid, settings)
     keys_root = Path(settings.keys_dir) if settings.keys_dir else recorder.folder / "keys"
-    keys = load_or_make_keys(keys_root, settings.clients or len(connected), simulation=not settings.keys_dir)
+    sites = settings.clients or len(connected)
+    keys = load_or_make_keys(keys_root, sites, settings.clients_per_round or sites, simulation=not settings.keys_dir)
     roster = roster_mod.Roster(list(keys.seal_keys))  # every site with keys; nodes are bound as they say who they are
     if settings.secure_mode == "he":
         keys.he_public_context()  # refuses to run with a context that holds the CKKS secret key
@@ -114,10 +116,11 @@ def main(grid: Grid, context: Context) -> None:
     recorder.write_summary(build_summary(settings, context, rounds, reference, roster, run_name))
 
 
-def load_or_make_keys(root: Path, clients: int, *, simulation: bool) -> ServerKeys:
-    """The server's keys under `root`; a simulation makes the federation's keys on first use."""
+def load_or_make_keys(root: Path, clients: int, per_round: int, *, simulation: bool) -> ServerKeys:
+    """The server's keys under `root`; a simulation makes the federation's keys on first use (its
+    HE context sized for sums of `per_round` sites)."""
     if simulation and not (root / "server").exists():
-        init_federation(root, clients)
+        init_federation(root, clients, he_context_writer=partial(write_he_contexts, max_sites=per_round))
     return ServerKeys.load(root / "server")
 
 

@@ -40,8 +40,9 @@ def site_order(site: str) -> tuple[int, str]:
 def draw_cohort(sites: list[str], per_round: int, seed: int, server_round: int) -> list[str]:
     """The sites of `server_round`'s cohort: all when `per_round` is 0 or not smaller than the
     federation, else `per_round` of them drawn without replacement, seeded by (seed, round)."""
+    sites = sorted(sites, key=site_order)  # the draw must not depend on the order sites were listed in
     if per_round <= 0 or per_round >= len(sites):
-        return list(sites)
+        return sites
     rng = np.random.default_rng(derive_seed(seed, "cohort", server_round))
     picked = rng.choice(len(sites), size=per_round, replace=False)
     return sorted((sites[i] for i in picked), key=site_order)
