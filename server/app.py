@@ -19,6 +19,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from common import wire
+from common.processes import peak_rss_mb
 from common.integrity import watermark
 from common.integrity.keys import ServerKeys, init_federation, write_he_contexts
 from common.integrity.seal import global_context, publish_global
@@ -95,7 +96,7 @@ def main(grid: Grid, context: Context) -> None:
             round=server_round, accuracy=evaluation.accuracy, loss=evaluation.loss,
             seconds=round(time.perf_counter() - started, 3), bytes_up=result.bytes_up, bytes_down=result.bytes_down,
             clients_used=len(result.used), rejected=result.rejected, recovered=result.recovered,
-            stages=clock.result(), sampled=len(sampled),
+            stages=clock.result(), sampled=len(sampled), used=sorted(result.used, key=roster_mod.site_order),
             epsilon=round_epsilon(dp_spec, server_round, result.epsilon, result.used, roster.sample_rate(settings)),
         )
         rounds.append(record)
@@ -169,5 +170,6 @@ def build_summary(settings: RunSettings, context: Context, rounds: list[RoundRec
         "centralized_loss": reference.loss,
         "test_examples": reference.num_examples,
         **summary_fields(settings.dp_spec, rounds, roster.sample_rate(settings)),
+        "server_peak_rss_mb": peak_rss_mb(),  # the server's process (in simulation also Flower's SuperLink)
         "rounds": [r.to_json() for r in rounds],
     }
