@@ -168,15 +168,31 @@ def decrypt(msg: Message, context: Context) -> Message:
 def load_site_keys(node_config: dict, config: ConfigRecord) -> tuple[str, ClientKeys]:
     """This site's id and keys: from node config `keys-dir` (and `client-id`) in deployment; in
     simulation, partition `partition-id`'s folder of the keys the run made."""
+    client_id = site_id(node_config)
     if wire.KEYS_DIR in node_config:
         folder = Path(str(node_config[wire.KEYS_DIR]))
-        client_id = str(node_config.get(wire.CLIENT_ID, folder.name))
-    elif wire.PARTITION_ID in node_config and wire.SIM_KEYS_DIR in config:
-        client_id = str(int(node_config[wire.PARTITION_ID]))
+    elif wire.SIM_KEYS_DIR in config:
         folder = client_dir(str(config[wire.SIM_KEYS_DIR]), client_id)
     else:
         raise InputError(f"node config needs {wire.KEYS_DIR!r}: this site's key folder")
     return client_id, ClientKeys.load(folder, client_id=client_id)
+
+
+def site_id(node_config: dict) -> str:
+    """This site's id: node config `client-id`, else its `keys-dir` folder's name (deployment);
+    its partition id (simulation)."""
+    if wire.KEYS_DIR in node_config:
+        return str(node_config.get(wire.CLIENT_ID, Path(str(node_config[wire.KEYS_DIR])).name))
+    if wire.PARTITION_ID in node_config:
+        return str(int(node_config[wire.PARTITION_ID]))
+    raise InputError(f"node config needs {wire.KEYS_DIR!r}: this site's key folder")
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Say which site this node is (the server binds the node to that site once; server/roster.py)."""
+    return Message(content=RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: site_id(context.node_config)})}),
+                   reply_to=msg)
 
 
 def load_site_data(settings: RunSettings, node_config: dict) -> tuple[np.ndarray, np.ndarray]:

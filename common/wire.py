@@ -42,6 +42,7 @@ ENCRYPT_SECONDS = "encrypt-seconds"  # METRICS: seconds the site spent encryptin
 # Message types (Flower's "train" / "evaluate" / "query.<name>")
 TRAIN = "train"
 DECRYPT = "query.decrypt"  # he mode: one site decrypts the blinded sum
+HELLO = "query.hello"  # once per node: which site it is (reply CONFIG: CLIENT_ID; server/roster.py)
 
 # Node config keys
 PARTITION_ID = "partition-id"  # simulation: which partition this site holds

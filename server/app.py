@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from functools import partial
 from logging import INFO
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from common import wire
+from common.processes import peak_rss_mb
 from common.integrity import watermark
-from common.integrity.keys import ServerKeys, init_federation
+from common.integrity.keys import ServerKeys, init_federation, write_he_contexts
 from common.integrity.seal import global_context, publish_global
 from common.learning.data import load_split
 from common.learning.dp import check_model
@@ -28,14 +30,12 @@ from common.learning.training import EvalResult, centralized_reference, evaluate
 from common.run.records import RoundRecord, RunRecorder, published_metadata
 from common.run.settings import RunSettings
 from common.run.stages import StageClock
+from server import roster as roster_mod
 from server.dp import round_epsilon, summary_fields
 from server.modes import ROUNDS
 from server.rounds import RoundContext
 
 app = ServerApp()
-
-
-NODE_WAIT_LOG_SECONDS = 10
 
 
 @app.main()
@@ -49,9 +49,11 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(folder, resume=settings.resume)
     run_name = recorder.folder.name
     log(INFO, "FedSeal run folder: %s", recorder.folder)
-    node_ids = wait_for_nodes(grid, settings.min_clients)
+    connected = roster_mod.first_nodes(grid, settings)
     keys_root = Path(settings.keys_dir) if settings.keys_dir else recorder.folder / "keys"
-    keys = load_or_make_keys(keys_root, len(node_ids), simulation=not settings.keys_dir)
+    sites = settings.clients or len(connected)
+    keys = load_or_make_keys(keys_root, sites, settings.clients_per_round or sites, simulation=not settings.keys_dir)
+    roster = roster_mod.Roster(list(keys.seal_keys))  # every site with keys; nodes are bound as they say who they are
     if settings.secure_mode == "he":
         keys.he_public_context()  # refuses to run with a context that holds the CKKS secret key
     global_arrays = get_arrays(initial_model(settings.dataset, settings.seed))
@@ -65,7 +67,7 @@ def main(grid: Grid, context: Context) -> None:
 
     for server_round in range(len(rounds) + 1, settings.num_rounds + 1):
         started = time.perf_counter()
-        node_ids = wait_for_nodes(grid, settings.min_clients)
+        node_ids, sampled = roster_mod.round_nodes(grid, roster, settings, recorder, server_round)
         clock = StageClock(lambda stage, r=server_round: recorder.progress(r, stage))
         clock.start("watermark")
 
@@ -81,7 +83,8 @@ def main(grid: Grid, context: Context) -> None:
             config[wire.SIM_KEYS_DIR] = str(keys_root)
         ctx = RoundContext(grid=grid, node_ids=node_ids, settings=settings, keys=keys, spec=spec, run_name=run_name,
                            server_round=server_round, published=published, base=watermark.strip(published),
-                           record=to_record(published), config=config, recorder=recorder, clock=clock)
+                           record=to_record(published), config=config, recorder=recorder, clock=clock,
+                           names=roster.site_of)
         result = ROUNDS[settings.secure_mode](ctx)
         if result.arrays is not None:
             global_arrays = result.arrays
@@ -93,7 +96,8 @@ def main(grid: Grid, context: Context) -> None:
             round=server_round, accuracy=evaluation.accuracy, loss=evaluation.loss,
             seconds=round(time.perf_counter() - started, 3), bytes_up=result.bytes_up, bytes_down=result.bytes_down,
             clients_used=len(result.used), rejected=result.rejected, recovered=result.recovered,
-            stages=clock.result(), epsilon=round_epsilon(dp_spec, server_round, result.epsilon, result.used),
+            stages=clock.result(), sampled=len(sampled), used=sorted(result.used, key=roster_mod.site_order),
+            epsilon=round_epsilon(dp_spec, server_round, result.epsilon, result.used, roster.sample_rate(settings)),
         )
         rounds.append(record)
         recorder.checkpoint(global_arrays, server_round)
@@ -110,13 +114,14 @@ def main(grid: Grid, context: Context) -> None:
         settings.dataset, epochs=settings.num_rounds * settings.local_epochs, lr=settings.lr,
         batch_size=settings.batch_size, seed=settings.seed,
     )
-    recorder.write_summary(build_summary(settings, context, rounds, reference, len(node_ids), run_name))
+    recorder.write_summary(build_summary(settings, context, rounds, reference, roster, run_name))
 
 
-def load_or_make_keys(root: Path, clients: int, *, simulation: bool) -> ServerKeys:
-    """The server's keys under `root`; a simulation makes the federation's keys on first use."""
+def load_or_make_keys(root: Path, clients: int, per_round: int, *, simulation: bool) -> ServerKeys:
+    """The server's keys under `root`; a simulation makes the federation's keys on first use (its
+    HE context sized for sums of `per_round` sites)."""
     if simulation and not (root / "server").exists():
-        init_federation(root, clients)
+        init_federation(root, clients, he_context_writer=partial(write_he_contexts, max_sites=per_round))
     return ServerKeys.load(root / "server")
 
 
@@ -125,17 +130,6 @@ def resolve_out_dir(settings: RunSettings, run_id: int) -> Path:
     if settings.out_dir:
         return Path(settings.out_dir)
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{run_id}"
-
-
-def wait_for_nodes(grid: Grid, min_clients: int) -> list[int]:
-    """Block until at least `min_clients` sites are connected; return all connected, sorted."""
-    waited = 0.0
-    while len(node_ids := sorted(grid.get_node_ids())) < min_clients:
-        if waited % NODE_WAIT_LOG_SECONDS == 0:
-            log(INFO, "Waiting for sites: %d connected, %d required", len(node_ids), min_clients)
-        time.sleep(1.0)
-        waited += 1.0
-    return node_ids
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -152,11 +146,12 @@ def evaluate_global(dataset: str, arrays: dict[str, np.ndarray]) -> EvalResult:
 
 
 def build_summary(settings: RunSettings, context: Context, rounds: list[RoundRecord],
-                  reference: EvalResult, clients: int, run_name: str) -> dict:
+                  reference: EvalResult, roster: roster_mod.Roster, run_name: str) -> dict:
     """summary.json: the settings, the final and centralized accuracy, every round."""
     return {
         "dataset": settings.dataset,
-        "clients": clients,
+        "clients": len(roster.sites),
+        **roster.summary_fields(settings),
         "secure_mode": settings.secure_mode,
         "partition": settings.partition,
         "seed": settings.seed,
@@ -174,6 +169,7 @@ def build_summary(settings: RunSettings, context: Context, rounds: list[RoundRec
         "centralized_accuracy": reference.accuracy,
         "centralized_loss": reference.loss,
         "test_examples": reference.num_examples,
-        **summary_fields(settings.dp_spec, rounds),
+        **summary_fields(settings.dp_spec, rounds, roster.sample_rate(settings)),
+        "server_peak_rss_mb": peak_rss_mb(),  # the server's process (in simulation also Flower's SuperLink)
         "rounds": [r.to_json() for r in rounds],
     }

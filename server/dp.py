@@ -7,7 +7,8 @@
   In `none` mode the server sees each update, so it clips it again (a no-op for an honest
   site): a site that skips its clipping cannot raise the sensitivity.
 - The epsilon ledger: what each site reports after a round (sample-level), the client-level
-  epsilon (RDP accountant, sample rate 1, one step per round), and the summary fields.
+  epsilon (RDP accountant, sample rate K/N of the round's cohort, one step per round), and the
+  summary fields.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def noisy_mean(base: dict[str, np.ndarray], updates: list[Update], spec: DpSpec,
     return out
 
 
-def summary_fields(spec: DpSpec | None, rounds: list[Any]) -> dict[str, Any]:
+def summary_fields(spec: DpSpec | None, rounds: list[Any], sample_rate: float = 1.0) -> dict[str, Any]:
     """summary.json's DP fields: `dp`, `dp_unit` (what one unit of protection is: an example or
     a whole site), `delta`, `clip`, `epsilon` (site -> epsilon) and `epsilon_max`; sample-level
     also `target_epsilon`, client-level `noise_multiplier` and `epsilon_all_rounds`."""
@@ -82,22 +83,23 @@ def summary_fields(spec: DpSpec | None, rounds: list[Any]) -> dict[str, Any]:
         out.update(dp_unit="example", target_epsilon=spec.epsilon)
     else:
         out.update(dp_unit="site", noise_multiplier=spec.noise,
-                   epsilon_all_rounds=client_epsilon(spec, len(rounds)))
+                   epsilon_all_rounds=client_epsilon(spec, len(rounds), sample_rate), sample_rate=sample_rate)
     out["epsilon"] = dict(sorted(epsilon.items(), key=lambda kv: (len(kv[0]), kv[0])))
     out["epsilon_max"] = max(epsilon.values()) if epsilon else None
     return out
 
 
 def round_epsilon(spec: DpSpec | None, server_round: int, reported: dict[str, float],
-                  used: list[str]) -> dict[str, float]:
+                  used: list[str], sample_rate: float = 1.0) -> dict[str, float]:
     """A round's `epsilon` (site -> epsilon): sample-level, what the sites reported; client-level,
-    the accountant's epsilon after `server_round` rounds for every site whose update was used
-    (an upper bound for a site that sat some rounds out)."""
+    the accountant's epsilon after `server_round` rounds at `sample_rate` (the cohort's share of
+    the sites, K/N) for every site whose update was used (an upper bound for a site that sat some
+    rounds out)."""
     if spec is None:
         return {}
     if spec.kind == "sample":
         return dict(sorted(reported.items(), key=lambda kv: (len(kv[0]), kv[0])))
-    eps = client_epsilon(spec, server_round)
+    eps = client_epsilon(spec, server_round, sample_rate)
     return {site: eps for site in sorted(used, key=lambda s: (len(s), s))}
 
 

@@ -8,6 +8,7 @@ evaluates, records and checkpoints what the mode returns.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -17,6 +18,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from common import wire
+from common.errors import one_line
 from common.integrity.keys import ServerKeys
 from common.run.records import RunRecorder
 from common.run.settings import RunSettings
@@ -45,6 +47,7 @@ class RoundContext:
     config: dict  # the round's train config
     recorder: RunRecorder
     clock: StageClock
+    names: dict[int, str] = field(default_factory=dict)  # node id -> the site it is bound to (server/roster.py)
 
 
 @dataclass
@@ -72,23 +75,34 @@ def train_messages(ctx: RoundContext, extra_config: dict | None = None) -> list[
             for node_id in ctx.node_ids]
 
 
-def send(ctx: RoundContext, messages: list[Message], stage: str) -> list[Message]:
+def send(ctx: RoundContext, messages: list[Message], stage: str,
+         on_reply: Callable[[Message], None] | None = None) -> list[Message]:
     """Send and wait for the replies, at most the run's round timeout; sites that do not answer
     in time are audited as `replies_missing` (the round goes on with those that did). An error
     reply that does not come from the site itself (Flower's SuperLink answers for a node it lost)
-    counts as no answer, with Flower's reason recorded."""
+    counts as no answer, with Flower's reason recorded. With `on_reply`, each site's reply is
+    handed to it as it arrives and not kept (the server's memory does not grow with the sites)."""
     if not messages:
         return []
-    replies = send_and_receive(ctx.grid, messages, float(ctx.settings.round_timeout))
     sites = {m.metadata.dst_node_id for m in messages}
-    stand_ins = [r for r in replies if r.metadata.src_node_id not in sites]
-    replies = [r for r in replies if r.metadata.src_node_id in sites]
-    answered = {r.metadata.src_node_id for r in replies}
+    replies, answered, stand_in_reasons = [], set(), set()
+    for batch in pull_replies(ctx.grid, messages, float(ctx.settings.round_timeout)):
+        for reply in batch:
+            if reply.metadata.src_node_id not in sites:
+                if reply.has_error():
+                    stand_in_reasons.add(reply.error.reason)
+                continue
+            answered.add(reply.metadata.src_node_id)
+            if on_reply is None:
+                replies.append(reply)
+            else:
+                on_reply(reply)
     silent = sorted(sites - answered)
     if silent:
-        reasons = sorted({r.error.reason for r in stand_ins if r.has_error()})
+        reasons = sorted(stand_in_reasons)
         ctx.recorder.audit("replies_missing", round=ctx.server_round, stage=stage, count=len(silent),
-                           nodes=silent, **({"flower_errors": reasons} if reasons else {}))
+                           clients=[ctx.names.get(n, f"node-{n}") for n in silent], nodes=silent,
+                           **({"flower_errors": [one_line(r) for r in reasons]} if reasons else {}))
         log(WARNING, "Round %d (%s): no reply from %d site(s) within %s s", ctx.server_round, stage,
             len(silent), ctx.settings.round_timeout)
     return replies
@@ -98,16 +112,20 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
     """Grid.send_and_receive, polling every 10 ms for the first seconds instead of Flower's fixed
     100 ms: a secure round makes several exchanges, each of which would otherwise wait up to
     100 ms for nothing."""
+    return [reply for batch in pull_replies(grid, messages, timeout) for reply in batch]
+
+
+def pull_replies(grid: Grid, messages: list[Message], timeout: float) -> Iterator[list[Message]]:
+    """Push `messages`, then yield each batch of replies as it is pulled, for at most `timeout` s."""
     pending = set(grid.push_messages(messages))
-    replies: list[Message] = []
     start = time.monotonic()
     while pending and (elapsed := time.monotonic() - start) < timeout:
         got = list(grid.pull_messages(pending))
-        replies += got
         pending -= {m.metadata.reply_to_message_id for m in got}
+        if got:
+            yield got
         if pending:
             time.sleep(FAST_POLL if elapsed < FAST_POLL_SECONDS else SLOW_POLL)
-    return replies
 
 
 def note_refusal(ctx: RoundContext, result: RoundResult, verdict: Verdict, reply: Message) -> None:

@@ -53,5 +53,6 @@ def row(w: Workload, upload_bytes: int, client_s: float, server_s: float, final_
         "client_ns_per_param": client_s / w.params * 1e9,
         "server_ns_per_param": server_s / (w.params * len(w.deltas)) * 1e9,
         "round_s": client_s + server_s + final_s,
+        "final_s": final_s,  # decryption (he: blind, one site decrypts, unblind) or unmasking
         "max_abs_error": float(np.max(np.abs(mean - w.exact_mean()))),
     }

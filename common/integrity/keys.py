@@ -104,12 +104,13 @@ def _is_nonempty(path: Path) -> bool:
     return any(path.iterdir())
 
 
-def write_he_contexts(server: Path, clients: Sequence[Path]) -> None:
+def write_he_contexts(server: Path, clients: Sequence[Path], max_sites: int = 0) -> None:
     """Write a fresh CKKS secret context to every site folder and its public context (no key) to
-    the server folder (common/secure/he.py)."""
+    the server folder (common/secure/he.py). `max_sites`: the most sites one sum holds (a round's
+    cohort), at least he.MAX_SITES; each site's share of the sum's range shrinks as it grows."""
     from common.secure import he  # SEAL is loaded only when keys are made or used
 
-    secret, public = he.make_keys()
+    secret, public = he.make_keys(max_sites=max(he.MAX_SITES, max_sites))
     he.assert_no_secret(public)
     write_private(server / HE_PUBLIC, public)
     for folder in clients:

@@ -92,6 +92,16 @@ class RichProgress:
         self.progress.update(self.task, **fields)
 
 
+def sites_line(summary: dict[str, Any]) -> str:
+    """How many sites were registered, sampled into each round and used (the fewest and most)."""
+    used = [r["clients_used"] for r in summary["rounds"]] or [0]
+    line = (f"sites: {summary['clients_registered']} registered, {summary['clients_per_round']} sampled per round, "
+            f"used per round {min(used)}" + (f"-{max(used)}" if max(used) != min(used) else ""))
+    if summary.get("nodes_unknown"):
+        line += f"; {summary['nodes_unknown']} node(s) without site keys left out (audit: site_unknown)"
+    return line
+
+
 def print_rich_table(summary: dict[str, Any]) -> None:
     """The final table (terminal): every round, then final vs centralized accuracy."""
     from rich.console import Console
@@ -109,5 +119,6 @@ def print_rich_table(summary: dict[str, Any]) -> None:
     gap = 100 * (summary["final_accuracy"] - summary["centralized_accuracy"])
     table.caption = (f"final accuracy {summary['final_accuracy']:.4f}   centralized "
                      f"{summary['centralized_accuracy']:.4f}   difference {gap:+.2f} points   "
-                     f"({summary['test_examples']} test examples)")
+                     f"({summary['test_examples']} test examples)"
+                     + (f"\n{sites_line(summary)}" if "clients_registered" in summary else ""))
     Console().print(table)

@@ -52,7 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=d.dataset, choices=DATASETS,
                    help="bundled scikit-learn dataset: breast-cancer (569x30, MLP) or digits (1,797 8x8 images, "
                    "small CNN) [dataset]")
-    p.add_argument("--clients", type=int, default=5, help="number of simulated sites (>= 2)")
+    p.add_argument("--clients", type=int, default=5,
+                   help="number of simulated sites (>= 2); the server makes keys for all and waits for all "
+                   "(at most --round-timeout seconds) [clients]")
+    p.add_argument("--clients-per-round", type=int, default=d.clients_per_round, metavar="K",
+                   help="sites sampled into each round's cohort, seeded by --seed and the round; 0 = all. "
+                   "--min-clients applies to the cohort [clients-per-round]")
     p.add_argument("--rounds", type=int, default=d.num_rounds, help="federated rounds (>= 1) [num-rounds]")
     p.add_argument("--partition", default=d.partition,
                    help="how training data is split across sites: 'iid', or 'dirichlet:ALPHA' for label skew "
@@ -114,7 +119,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
         batch_size=args.batch_size, partition=args.partition, seed=args.seed, secure_mode=args.secure_mode,
         min_clients=args.min_clients,
         aggregator=args.aggregator, on_tamper=args.on_tamper, inject=inject.to_text(inject.parse(args.inject)),
-        dp=getattr(args, "dp", ""), round_timeout=args.round_timeout,
+        dp=getattr(args, "dp", ""), round_timeout=args.round_timeout, clients=args.clients,
+        clients_per_round=getattr(args, "clients_per_round", 0),
     )
     bad = [i for i in settings.injections if i.client >= args.clients]
     if bad:
@@ -126,7 +132,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
     if args.clients > n_train:
         raise InputError(f"--clients {args.clients} is more than the {n_train} training examples of "
                          f"{settings.dataset}: every site needs at least one")
-    if settings.min_clients > args.clients:
+    if settings.min_clients > args.clients:  # (and > clients-per-round: RunSettings refuses it)
         raise InputError(f"--min-clients {settings.min_clients} is more than --clients {args.clients}")
     if settings.dp_spec is not None and settings.dp_spec.kind == "sample":
         from common.learning.dp import check_model
@@ -203,8 +209,9 @@ def load_resumable(path: str) -> tuple[Path, RunSettings, int]:
     folder = Path(path).resolve()
     try:
         saved = json.loads((folder / RUN_CONFIG).read_text())
-        settings = RunSettings.from_run_config(saved["run_config"]).replace(out_dir=str(folder), resume=True)
         clients = int(saved["clients"])
+        settings = RunSettings.from_run_config(saved["run_config"])
+        settings = settings.replace(out_dir=str(folder), resume=True, clients=settings.clients or clients)
     except FileNotFoundError:
         raise InputError(f"--resume {path}: not a FedSeal run folder (no {RUN_CONFIG})") from None
     except (ValueError, KeyError, TypeError) as exc:
@@ -300,6 +307,8 @@ def format_table(summary: dict[str, Any]) -> str:
                     f"{r['bytes_up'] / 1024:>8.1f}  {r['bytes_down'] / 1024:>8.1f}  {r['clients_used']:>5}  "
                     f"{len(r['rejected']):>8}")
     rows.append("-" * len(head))
+    if "clients_registered" in summary:
+        rows.append(progress.sites_line(summary))
     gap = 100 * (summary["final_accuracy"] - summary["centralized_accuracy"])
     rows.append(f"final accuracy {summary['final_accuracy']:.4f}   centralized {summary['centralized_accuracy']:.4f}   "
                 f"difference {gap:+.2f} points   ({summary['test_examples']} test examples)")

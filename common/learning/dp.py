@@ -177,10 +177,11 @@ def budget_spent(spec: DpSpec, plan: SitePlan, server_round: int) -> str:
             f"{spec.epsilon:g} (delta {spec.delta:g})")
 
 
-def client_epsilon(spec: DpSpec, rounds_done: int) -> float:
-    """Client-level epsilon after `rounds_done` rounds: every site takes part in every round
-    (sample rate 1), one Gaussian release of noise multiplier NOISE per round."""
-    return rdp_epsilon(spec.noise, 1.0, rounds_done, spec.delta)
+def client_epsilon(spec: DpSpec, rounds_done: int, sample_rate: float = 1.0) -> float:
+    """Client-level epsilon after `rounds_done` rounds, one Gaussian release of noise multiplier
+    NOISE per round, each site sampled into a round's cohort with probability `sample_rate`
+    (1: every site in every round; K/N with cohorts of K of N sites)."""
+    return rdp_epsilon(spec.noise, sample_rate, rounds_done, spec.delta)
 
 
 # --- models -------------------------------------------------------------------------------------

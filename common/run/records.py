@@ -40,6 +40,8 @@ class RoundRecord:
     bytes_up: int
     bytes_down: int
     clients_used: int
+    sampled: int = 0  # sites of the round's cohort (server/roster.py); clients_used of them were used
+    used: list[str] = field(default_factory=list)  # the sites whose update is in the aggregate
     rejected: list[Any] = field(default_factory=list)
     recovered: list[Any] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (common/run/stages.py)

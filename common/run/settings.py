@@ -38,6 +38,8 @@ RUN_CONFIG_KEYS = {
     "resume": "resume",
     "dp": "dp",
     "round-timeout": "round_timeout",
+    "clients": "clients",
+    "clients-per-round": "clients_per_round",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -74,6 +76,11 @@ class RunSettings:
             site) or "client:NOISE,CLIP[,DELTA]" (clipped updates, server noise); common/learning/dp.py.
         round_timeout (int, 300): seconds the server waits for the sites' replies at each step of
             a round; sites that do not answer in time are left out of that round.
+        clients (int, 0): simulation: the number of sites; the server makes keys for all of them
+            and waits (at most round_timeout seconds) until all are connected. 0: the sites of
+            keys_dir in deployment, or in simulation those connected once no new one joined.
+        clients_per_round (int, 0): sites sampled into each round's cohort (seeded by seed and
+            round); 0 means all. min_clients applies to the cohort.
     """
 
     dataset: str = "breast-cancer"
@@ -93,6 +100,8 @@ class RunSettings:
     resume: bool = False
     dp: str = ""
     round_timeout: int = 300
+    clients: int = 0
+    clients_per_round: int = 0
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -121,12 +130,23 @@ class RunSettings:
         if not isinstance(self.resume, bool):
             raise InputError(f"resume must be true or false, got {self.resume!r}")
         _require_int(self.round_timeout, "round-timeout", 1)
+        self._check_sampling()
         dp = parse_dp(self.dp)
         if self.secure_mode != "none":
             self._check_secure_mode(dp)
         if dp is not None and dp.kind == "client" and self.aggregator != "fedavg":
             raise InputError(f"dp {self.dp!r}: client-level DP averages the clipped updates; it needs "
                              f"aggregator fedavg, not {self.aggregator!r}")
+
+    def _check_sampling(self) -> None:
+        """The cohort must hold min-clients sites and fit in the federation."""
+        _require_int(self.clients, "clients", 0)
+        _require_int(self.clients_per_round, "clients-per-round", 0)
+        if self.clients and self.clients_per_round > self.clients:
+            raise InputError(f"clients-per-round {self.clients_per_round} is more than the {self.clients} sites")
+        if self.clients_per_round and self.min_clients > self.clients_per_round:
+            raise InputError(f"min-clients {self.min_clients} is more than clients-per-round "
+                             f"{self.clients_per_round}: no round could ever update the model")
 
     def _check_secure_mode(self, dp: DpSpec | None) -> None:
         """In a secure mode the server sees only the sum of the updates."""

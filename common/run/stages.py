@@ -9,7 +9,8 @@ slowest). A round's `stages` dict in rounds.jsonl holds the result; the report d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from common import wire
 
@@ -48,6 +49,16 @@ class StageClock:
         if self._stage is not None:
             self.seconds[self._stage] = self.seconds.get(self._stage, 0.0) + time.perf_counter() - self._since
             self._stage = None
+
+    @contextmanager
+    def adding(self, stage: str) -> Iterator[None]:
+        """Add the seconds of the `with` block to `stage`, without ending the current stage (work
+        done while replies arrive, e.g. checking each one)."""
+        since = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - since
 
     def add_sites(self, metrics: Iterable[Mapping]) -> None:
         """Take the slowest site's reported seconds for each site stage (self-reported by the sites)."""

@@ -53,31 +53,39 @@ def run_round(ctx: RoundContext) -> RoundResult:
     length = param_count(ctx.spec)
     count = he.n_chunks(length)
     messages = train_messages(ctx)
-    ctx.clock.start("train", timed=False)  # the sites verify, train, encrypt and seal
-    replies = send(ctx, messages, "train")
-    ctx.clock.add_sites(site_metrics(replies))
-    ctx.clock.start("check")
     result = RoundResult(bytes_down=payload_bytes(ctx.record) * len(messages))
     total = he.Sum(public, count)
     total_examples = 0
     decryptors: list[tuple[str, int]] = []
-    for reply in replies:
+    metrics: list = []
+
+    def add(reply: Message) -> None:  # each reply is checked and summed as it arrives, then dropped
+        nonlocal total_examples
+        metrics.extend(site_metrics([reply]))
         result.bytes_up += upload_bytes(reply)
         verdict, upload = check_he_reply(reply, ctx, count)
         if verdict.refused:
             note_refusal(ctx, result, verdict, reply)
-            continue
+            return
         if upload is None:
             note_rejection(ctx, result, verdict.site, verdict.reason)
-            continue
+            return
         try:
             total.add_site(upload.chunks, f"site {verdict.site}")
         except he.HEError as exc:  # other parameters, truncated, garbled: this site only
             note_rejection(ctx, result, verdict.site, f"malformed ciphertext: {exc}")
-            continue
+            return
         total_examples += upload.num_examples
         decryptors.append((verdict.site, upload.node_id))
         note_accepted(ctx, result, verdict, reply)
+
+    def timed_add(reply: Message) -> None:
+        with ctx.clock.adding("check"):
+            add(reply)
+
+    ctx.clock.start("train", timed=False)  # the sites verify, train, encrypt and seal
+    send(ctx, messages, "train", on_reply=timed_add)
+    ctx.clock.add_sites(metrics)
 
     if not enough(ctx, total.sites):  # fewer sites than min-clients: the sum is never decrypted
         return result
@@ -101,7 +109,7 @@ def check_he_reply(reply: Message, ctx: RoundContext, count: int) -> tuple[Verdi
     of sane size, each carrying the site's valid seal for this run and round."""
     if (refusal := refusal_of(reply)) is not None:
         return refusal, None
-    site = site_of(reply)
+    site = site_of(reply, ctx.names)
 
     def reject(reason: str) -> tuple[Verdict, None]:
         return Verdict(site, reason=reason), None

@@ -204,13 +204,12 @@ def _usable(ctx: RoundContext, replies: list[Message], stage: str,
     A site whose reply is an error (it failed or vanished) is audited `site_dropped`: from then on
     it is a dropout of the round."""
     out = []
-    sites = {nid: s for s, nid in (node_of or {}).items()}
+    sites = {**ctx.names, **{nid: s for s, nid in (node_of or {}).items()}}
     for reply in replies:
         nid = reply.metadata.src_node_id
         if reply.has_error():
             site = sites.get(nid, f"node-{nid}")
-            lines = [line.strip() for line in reply.error.reason.splitlines() if line.strip()]
-            reason = lines[-1][:300] if lines else "error reply"
+            reason = reply.error.reason or "error reply"  # the audit keeps one line of it, the log all of it
             ctx.recorder.audit("site_dropped", round=ctx.server_round, client=site, stage=stage, reason=reason)
             log(WARNING, "Round %d (%s): site %s dropped out: %s", ctx.server_round, stage, site, reason)
             continue

@@ -37,7 +37,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
     accepted: list[Update] = []
     for reply in replies:
         verdict = check_sealed_reply(reply, ctx.spec, ctx.keys, ctx.run_name, ctx.server_round,
-                                     recover=settings.on_tamper == "recover")
+                                     recover=settings.on_tamper == "recover", names=ctx.names)
         if verdict.refused:
             note_refusal(ctx, result, verdict, reply)
         elif not verdict.accepted:

@@ -135,3 +135,13 @@ def test_secure_modes_refuse_what_needs_each_update(changes, message):
 def test_round_timeout_must_be_positive():
     with pytest.raises(InputError, match="round-timeout"):
         RunSettings(round_timeout=0)
+
+
+def test_cohort_must_fit_the_federation_and_hold_min_clients():
+    assert RunSettings(clients=10, clients_per_round=4, min_clients=4).clients_per_round == 4
+    with pytest.raises(InputError, match="clients-per-round 11 is more than the 10 sites"):
+        RunSettings(clients=10, clients_per_round=11)
+    with pytest.raises(InputError, match="min-clients 5 is more than clients-per-round 4"):
+        RunSettings(clients=10, clients_per_round=4, min_clients=5)
+    with pytest.raises(InputError, match="clients-per-round must be an integer >= 0"):
+        RunSettings(clients_per_round=-1)
