@@ -72,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--round-timeout", type=int, default=d.round_timeout, metavar="SECONDS",
                    help="seconds the server waits for replies at each step of a round; sites that do not answer "
                    "in time are left out of that round [round-timeout]")
+    p.add_argument("--max-skipped-rounds", type=int, default=d.max_skipped_rounds, metavar="R",
+                   help="stop the run (exit 1, summary status 'stopped' with the reason) after R skipped rounds "
+                   "in a row [max-skipped-rounds]")
     p.add_argument("--aggregator", default=d.aggregator, choices=AGGREGATORS,
                    help="how accepted updates combine: fedavg, or robust median / trimmed-mean / krum, which "
                    "limit what a site training on poisoned data can do [aggregator]")
@@ -115,6 +118,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
         min_clients=args.min_clients,
         aggregator=args.aggregator, on_tamper=args.on_tamper, inject=inject.to_text(inject.parse(args.inject)),
         dp=getattr(args, "dp", ""), round_timeout=args.round_timeout,
+        max_skipped_rounds=getattr(args, "max_skipped_rounds", RunSettings().max_skipped_rounds),
     )
     bad = [i for i in settings.injections if i.client >= args.clients]
     if bad:
@@ -165,12 +169,15 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.replace(out_dir=str(folder))
         records.atomic_write_json(folder / RUN_CONFIG, {"clients": clients, "run_config": settings.to_run_config()})
         _say(args, f"FedSeal simulate: {settings.dataset}, {clients} sites, {settings.num_rounds} rounds, "
-             f"partition {settings.partition}, seed {settings.seed} -> {folder}")
+             f"secure mode {settings.secure_mode}, partition {settings.partition}, seed {settings.seed} -> {folder}")
     live = sys.stdout.isatty() and not getattr(args, "quiet", False)
     display = (progress.RichProgress(folder, settings.num_rounds, lambda rec: format_progress(rec, settings.num_rounds))
                if live else None)
     returncode = run_child(settings, clients, folder, verbose=args.verbose, out=sys.stdout, display=display,
                            quiet=getattr(args, "quiet", False))
+    if (stopped := stopped_reason(folder)) is not None:
+        _write_report(args, folder)
+        raise FedSealError(f"run stopped: {stopped}; run folder: {folder}")
     if returncode != 0:
         raise FedSealError(f"simulation failed (exit {returncode}): {last_error(folder / LOG_NAME)}; "
                            f"full log: {folder / LOG_NAME}")
@@ -183,14 +190,28 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(summary), flush=True)
     print(f"Run folder: {folder}", flush=True)
-    if not getattr(args, "no_report", False):
-        from common.run.report import write_report
-
-        try:
-            print(f"Report: {write_report(folder)}", flush=True)
-        except (ImportError, OSError, FedSealError) as exc:  # the run itself is complete
-            print(f"fedseal: warning: report.html not written: {exc}", file=sys.stderr, flush=True)
+    _write_report(args, folder)
     return 0
+
+
+def _write_report(args: argparse.Namespace, folder: Path) -> None:
+    if getattr(args, "no_report", False):
+        return
+    from common.run.report import write_report
+
+    try:
+        print(f"Report: {write_report(folder)}", flush=True)
+    except (ImportError, OSError, FedSealError) as exc:  # the run itself is complete
+        print(f"fedseal: warning: report.html not written: {exc}", file=sys.stderr, flush=True)
+
+
+def stopped_reason(folder: Path) -> str | None:
+    """Why the server stopped the run (summary.json status "stopped"), or None."""
+    try:
+        summary = json.loads((folder / records.SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(summary.get("reason", "no reason recorded")) if summary.get("status") == "stopped" else None
 
 
 def _say(args: argparse.Namespace, line: str) -> None:

@@ -38,6 +38,7 @@ RUN_CONFIG_KEYS = {
     "resume": "resume",
     "dp": "dp",
     "round-timeout": "round_timeout",
+    "max-skipped-rounds": "max_skipped_rounds",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -74,6 +75,8 @@ class RunSettings:
             site) or "client:NOISE,CLIP[,DELTA]" (clipped updates, server noise); common/learning/dp.py.
         round_timeout (int, 300): seconds the server waits for the sites' replies at each step of
             a round; sites that do not answer in time are left out of that round.
+        max_skipped_rounds (int, 3): after this many skipped rounds in a row (too few accepted
+            replies) the server stops the run, exits non-zero and says which sites failed and why.
     """
 
     dataset: str = "breast-cancer"
@@ -93,6 +96,7 @@ class RunSettings:
     resume: bool = False
     dp: str = ""
     round_timeout: int = 300
+    max_skipped_rounds: int = 3
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -121,6 +125,7 @@ class RunSettings:
         if not isinstance(self.resume, bool):
             raise InputError(f"resume must be true or false, got {self.resume!r}")
         _require_int(self.round_timeout, "round-timeout", 1)
+        _require_int(self.max_skipped_rounds, "max-skipped-rounds", 1)
         dp = parse_dp(self.dp)
         if self.secure_mode != "none":
             self._check_secure_mode(dp)
