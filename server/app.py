@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from common import wire
+from common.errors import FedSealError, one_line
 from common.integrity import watermark
 from common.integrity.keys import ServerKeys, init_federation
 from common.integrity.seal import global_context, publish_global
@@ -25,6 +26,7 @@ from common.learning.data import load_split
 from common.learning.dp import check_model
 from common.learning.models import array_spec, get_arrays, initial_model, set_arrays
 from common.learning.training import EvalResult, centralized_reference, evaluate
+from common.run.report import write_report
 from common.run.records import AUDIT, RoundRecord, RunRecorder, published_metadata, read_jsonl
 from common.run.settings import RunSettings
 from common.run.stages import StageClock
@@ -109,6 +111,7 @@ def main(grid: Grid, context: Context) -> None:
             recorder.progress(server_round, STATUS_STOPPED)
             recorder.write_summary(build_summary(settings, context, rounds, None, len(node_ids), run_name,
                                                  status=STATUS_STOPPED, reason=reason))
+            write_run_report(settings, recorder.folder)
             raise RunStalled(f"FedSeal run stopped: {reason}")
 
     final_round = settings.num_rounds + 1
@@ -122,6 +125,18 @@ def main(grid: Grid, context: Context) -> None:
     )
     recorder.write_summary(build_summary(settings, context, rounds, reference, len(node_ids), run_name))
     recorder.progress(settings.num_rounds, STATUS_FINISHED)
+    write_run_report(settings, recorder.folder)
+
+
+def write_run_report(settings: RunSettings, folder: Path) -> None:
+    """report.html into the run folder, for every kind of run (`report` run config); a report that
+    cannot be written is logged, the run's records stand."""
+    if not settings.report:
+        return
+    try:
+        log(INFO, "FedSeal report: %s", write_report(folder))
+    except (ImportError, OSError, FedSealError) as exc:
+        log(WARNING, "FedSeal report.html not written: %s", one_line(exc))
 
 
 def load_or_make_keys(root: Path, clients: int, *, simulation: bool) -> ServerKeys:

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from common.errors import InputError, KeyFileError, TamperError
 
 SECRET_LEN = 32
+MIN_SITES = 2  # `keys init` and `simulate`: with one site the aggregate is that site's own update
 SERVER_DIR = "server"
 CLIENTS_DIR = "clients"
 SEALS_DIR = "seals"

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from common import processes
 from common.errors import FedSealError, InputError
+from common.integrity.keys import MIN_SITES
 from common.launch import progress
 from common.learning.data import DATASETS, load_split
 from common.run import inject, records
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=d.dataset, choices=DATASETS,
                    help="bundled scikit-learn dataset: breast-cancer (569x30, MLP) or digits (1,797 8x8 images, "
                    "small CNN) [dataset]")
-    p.add_argument("--clients", type=int, default=5, help="number of simulated sites (>= 2)")
+    p.add_argument("--clients", type=int, default=5, help=f"number of simulated sites (>= {MIN_SITES})")
     p.add_argument("--rounds", type=int, default=d.num_rounds, help="federated rounds (>= 1) [num-rounds]")
     p.add_argument("--partition", default=d.partition,
                    help="how training data is split across sites: 'iid', or 'dirichlet:ALPHA' for label skew "
@@ -108,8 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
     """Validate flags into (RunSettings, number of sites); raise InputError on bad input."""
-    if args.clients < 2:
-        raise InputError(f"--clients must be at least 2, got {args.clients}")
+    if args.clients < MIN_SITES:
+        raise InputError(f"--clients must be at least {MIN_SITES}, got {args.clients}")
     if args.rounds < 1:
         raise InputError(f"--rounds must be at least 1, got {args.rounds}")
     settings = RunSettings(
@@ -117,7 +118,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
         batch_size=args.batch_size, partition=args.partition, seed=args.seed, secure_mode=args.secure_mode,
         min_clients=args.min_clients,
         aggregator=args.aggregator, on_tamper=args.on_tamper, inject=inject.to_text(inject.parse(args.inject)),
-        dp=getattr(args, "dp", ""), round_timeout=args.round_timeout,
+        dp=getattr(args, "dp", ""), round_timeout=args.round_timeout, report=not getattr(args, "no_report", False),
         max_skipped_rounds=getattr(args, "max_skipped_rounds", RunSettings().max_skipped_rounds),
     )
     bad = [i for i in settings.injections if i.client >= args.clients]
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     returncode = run_child(settings, clients, folder, verbose=args.verbose, out=sys.stdout, display=display,
                            quiet=getattr(args, "quiet", False))
     if (stopped := stopped_reason(folder)) is not None:
-        _write_report(args, folder)
+        _write_report(settings, folder)
         raise FedSealError(f"run stopped: {stopped}; run folder: {folder}")
     if returncode != 0:
         raise FedSealError(f"simulation failed (exit {returncode}): {last_error(folder / LOG_NAME)}; "
@@ -190,19 +191,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(summary), flush=True)
     print(f"Run folder: {folder}", flush=True)
-    _write_report(args, folder)
+    _write_report(settings, folder)
     return 0
 
 
-def _write_report(args: argparse.Namespace, folder: Path) -> None:
-    if getattr(args, "no_report", False):
+def _write_report(settings: RunSettings, folder: Path) -> None:
+    """Say where the report the server wrote is (the `report` run config), or that it is missing."""
+    if not settings.report:
         return
-    from common.run.report import write_report
+    from common.run.report import REPORT
 
-    try:
-        print(f"Report: {write_report(folder)}", flush=True)
-    except (ImportError, OSError, FedSealError) as exc:  # the run itself is complete
-        print(f"fedseal: warning: report.html not written: {exc}", file=sys.stderr, flush=True)
+    if (folder / REPORT).exists():
+        print(f"Report: {folder / REPORT}", flush=True)
+    else:  # the run itself is complete
+        print(f"fedseal: warning: report.html not written; see {folder / LOG_NAME}", file=sys.stderr, flush=True)
 
 
 def stopped_reason(folder: Path) -> str | None:

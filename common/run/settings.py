@@ -39,6 +39,7 @@ RUN_CONFIG_KEYS = {
     "dp": "dp",
     "round-timeout": "round_timeout",
     "max-skipped-rounds": "max_skipped_rounds",
+    "report": "report",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -77,6 +78,8 @@ class RunSettings:
             a round; sites that do not answer in time are left out of that round.
         max_skipped_rounds (int, 3): after this many skipped rounds in a row (too few accepted
             replies) the server stops the run, exits non-zero and says which sites failed and why.
+        report (bool, True): the server writes report.html into the run folder when the run ends
+            (simulated, `flwr run` or deployed alike).
     """
 
     dataset: str = "breast-cancer"
@@ -97,6 +100,7 @@ class RunSettings:
     dp: str = ""
     round_timeout: int = 300
     max_skipped_rounds: int = 3
+    report: bool = True
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -126,6 +130,8 @@ class RunSettings:
             raise InputError(f"resume must be true or false, got {self.resume!r}")
         _require_int(self.round_timeout, "round-timeout", 1)
         _require_int(self.max_skipped_rounds, "max-skipped-rounds", 1)
+        if not isinstance(self.report, bool):
+            raise InputError(f"report must be true or false, got {self.report!r}")
         dp = parse_dp(self.dp)
         if self.secure_mode != "none":
             self._check_secure_mode(dp)
