@@ -67,6 +67,7 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "Resuming after round %d", len(rounds))
 
     skips = SkipCounter(settings.max_skipped_rounds)
+    known_sites: dict[int, str] = {}  # node id -> the site id it replied as: names silent sites in the audit
     for server_round in range(len(rounds) + 1, settings.num_rounds + 1):
         started = time.perf_counter()
         node_ids = wait_for_nodes(grid, settings.min_clients)
@@ -85,7 +86,8 @@ def main(grid: Grid, context: Context) -> None:
             config[wire.SIM_KEYS_DIR] = str(keys_root)
         ctx = RoundContext(grid=grid, node_ids=node_ids, settings=settings, keys=keys, spec=spec, run_name=run_name,
                            server_round=server_round, published=published, base=watermark.strip(published),
-                           record=to_record(published), config=config, recorder=recorder, clock=clock)
+                           record=to_record(published), config=config, recorder=recorder, clock=clock,
+                           known_sites=known_sites)
         result = ROUNDS[settings.secure_mode](ctx)
         if result.arrays is not None:
             global_arrays = result.arrays

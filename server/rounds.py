@@ -21,7 +21,7 @@ from common.integrity.keys import ServerKeys
 from common.run.records import RunRecorder
 from common.run.settings import RunSettings
 from common.run.stages import StageClock
-from server.checks import Verdict
+from server.checks import Verdict, site_of
 from server.dp import refusal_event, reported_epsilon
 
 Spec = dict[str, tuple[tuple[int, ...], str]]
@@ -45,6 +45,7 @@ class RoundContext:
     config: dict  # the round's train config
     recorder: RunRecorder
     clock: StageClock
+    known_sites: dict[int, str] = field(default_factory=dict)  # node id -> site id it last replied as (all rounds)
 
 
 @dataclass
@@ -84,11 +85,16 @@ def send(ctx: RoundContext, messages: list[Message], stage: str) -> list[Message
     stand_ins = [r for r in replies if r.metadata.src_node_id not in sites]
     replies = [r for r in replies if r.metadata.src_node_id in sites]
     answered = {r.metadata.src_node_id for r in replies}
+    for reply in replies:
+        if not (site := site_of(reply)).startswith("node-"):
+            ctx.known_sites[reply.metadata.src_node_id] = site
     silent = sorted(sites - answered)
     if silent:
         reasons = sorted({r.error.reason for r in stand_ins if r.has_error()})
+        named = {str(n): ctx.known_sites[n] for n in silent if n in ctx.known_sites}
         ctx.recorder.audit("replies_missing", round=ctx.server_round, stage=stage, count=len(silent),
-                           nodes=silent, **({"flower_errors": reasons} if reasons else {}))
+                           nodes=silent, **({"sites": named} if named else {}),
+                           **({"flower_errors": reasons} if reasons else {}))
         log(WARNING, "Round %d (%s): no reply from %d site(s) within %s s", ctx.server_round, stage,
             len(silent), ctx.settings.round_timeout)
     return replies

@@ -45,7 +45,9 @@ def stall_reason(skipped_rounds: list[int], audit: list[dict[str, Any]], min_cli
             continue
         event = record.get("event")
         if event == "replies_missing":
-            missing.update(f"node {n}" for n in record.get("nodes", []))
+            named = record.get("sites") or {}
+            missing.update(f"site {named[str(n)]} (node {n})" if str(n) in named else f"node {n}"
+                           for n in record.get("nodes", []))
         elif event in _FAILED and record.get("client") is not None:
             failing[str(record["client"])] = f"{event}: {record.get('reason') or 'no reason given'}"
     parts = [f"{len(skipped_rounds)} rounds in a row skipped (rounds {skipped_rounds[0]}-{skipped_rounds[-1]}): "
@@ -55,5 +57,5 @@ def stall_reason(skipped_rounds: list[int], audit: list[dict[str, Any]], min_cli
     if missing:
         parts.append("no reply from: " + ", ".join(sorted(missing)))
     if not failing and not missing:
-        parts.append("no site failed or went missing: fewer sites are connected than min-clients needs")
+        parts.append("no site was rejected or silent (e.g. no site decrypted the sum): see audit.jsonl")
     return one_line(". ".join(parts), limit=1000)
