@@ -163,8 +163,14 @@ def masked_stage(msg: Message, context: Context) -> Message:
     """masked mode: the SecAgg+ stages around training (setup, share-keys, unmask; client/modes/masked.py)."""
     settings = RunSettings.from_run_config(context.run_config)
     client_id, keys = load_site_keys(context.node_config, msg.content[wire.CONFIG])
+    def num_examples() -> int:
+        try:
+            return len(load_site_data(settings, context.node_config)[1])
+        except InputError as exc:  # the server hears why, never this site's local path
+            raise InputError(data_problem(exc, context.node_config)) from None
+
     return mode_masked.handle_query(msg, context, settings, client_id, keys, _injection_id(context.node_config, client_id),
-                               lambda: len(load_site_data(settings, context.node_config)[1]))
+                               num_examples)
 
 
 @app.query("decrypt")
