@@ -57,7 +57,9 @@ def event_text(event: Any) -> str:
 def _plain(details: dict[str, Any]) -> str:
     """An audit record's other fields as 'name value; name value' (lists comma-separated)."""
     def value(v: Any) -> str:
-        return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+        if isinstance(v, dict):
+            return ", ".join(f"{k}: {value(x)}" for k, x in v.items())
+        return ", ".join(map(value, v)) if isinstance(v, (list, tuple)) else str(v)
     return "; ".join(f"{k.replace('_', ' ')} {value(v)}" for k, v in details.items() if v not in (None, "", [], {}))
 
 

@@ -141,7 +141,8 @@ def test_what_happened_gives_every_event_a_meaning_and_no_raw_json(tmp_path):
                "secure_mode": "he", "num_rounds": 3, "rounds": rounds}
     records.atomic_write_json(tmp_path / records.SUMMARY, summary)
     audit = [{"event": "sum_decrypted", "round": 1, "client": "2", "sites": 3},
-             {"event": "replies_missing", "round": 1, "stage": "train", "count": 1, "nodes": [123]},
+             {"event": "replies_missing", "round": 1, "stage": "train", "count": 1, "nodes": [123],
+              "sites": {"123": "1"}},
              {"event": "round_skipped", "round": 1, "reason": "no site decrypted the sum"},
              {"event": "site_unknown", "round": 1, "client": "9"},  # an event this version has no text for
              {"event": "run_stopped", "round": 1, "reason": "1 rounds in a row skipped"}]
@@ -150,7 +151,7 @@ def test_what_happened_gives_every_event_a_meaning_and_no_raw_json(tmp_path):
     happened = page.split("<h2>What happened</h2>", 1)[1].split("<h2>", 1)[0]
     assert "{" not in happened and "[" not in happened  # no raw JSON or Python dicts
     assert "site 2: site decrypted the blinded sum" in happened and "sites 3" in happened
-    assert "no reply within the round timeout (stage train; count 1; nodes 123)" in happened
+    assert "no reply within the round timeout (stage train; count 1; nodes 123; sites 123: 1)" in happened
     assert "skipped</b>: no site decrypted the sum" in happened and "site 9: site unknown" in happened
     assert "run was <b>stopped</b>" in happened and "stopped: it could not make progress" in page
     audit_table = page.split("audit.jsonl", 1)[-1]
