@@ -35,9 +35,11 @@ if [ -f "$OUT/summary.json" ]; then
     "$VENV/bin/python" - "$OUT/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
+if s.get("status") == "stopped":
+    sys.exit(f"flwr-run.sh: run stopped: {s.get('reason')}")
 print(f"final accuracy {s['final_accuracy']:.4f}   centralized {s['centralized_accuracy']:.4f}")
 PY
-    echo "Run folder: $OUT"
+    echo "Run folder: $OUT (report: $OUT/report.html)"
 else
     echo "flwr-run.sh: no summary.json in $OUT; see the log above" >&2
     exit 1
