@@ -26,8 +26,8 @@ from common.learning.data import load_split
 from common.learning.dp import check_model
 from common.learning.models import array_spec, get_arrays, initial_model, set_arrays
 from common.learning.training import EvalResult, centralized_reference, evaluate
-from common.run.report import write_report
 from common.run.records import AUDIT, RoundRecord, RunRecorder, published_metadata, read_jsonl
+from common.run.report import write_report
 from common.run.settings import RunSettings
 from common.run.stages import StageClock
 from server.dp import round_epsilon, summary_fields
