@@ -45,8 +45,11 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content[wire.CONFIG]
     server_round = int(config[wire.SERVER_ROUND])
     run_name = str(config[wire.RUN_NAME])
-    x, y = load_site_data(settings, context.node_config)
     client_id, keys = load_site_keys(context.node_config, config)
+    try:
+        x, y = load_site_data(settings, context.node_config)
+    except InputError as exc:  # e.g. a CSV of other columns: the server hears why, by site id, never the path
+        return refuse(msg, client_id, data_problem(exc, context.node_config), **{wire.SITE_FAILED: 1})
     site_key = f"partition-{client_id}"  # seeds local training: site id = partition id, as in simulation
     fault_id = _injection_id(context.node_config, client_id)
     mode = str(config.get(wire.SECURE_MODE, "none"))
@@ -139,6 +142,14 @@ def refuse(msg: Message, client_id: str, reason: str, **extra: int | float) -> M
     return Message(content=content, reply_to=msg)
 
 
+def data_problem(exc: InputError, node_config: dict) -> str:
+    """Why this site's data cannot be used, with its local path replaced by `data-path`."""
+    text = str(exc)
+    if wire.DATA_PATH in node_config:
+        text = text.replace(str(node_config[wire.DATA_PATH]), wire.DATA_PATH)
+    return f"site data: {text}"
+
+
 def _injection_id(node_config: dict, client_id: str) -> int | None:
     """Which CLIENT of `--inject KIND:CLIENT:ROUND` this site is: its partition id in simulation,
     its numeric client id in deployment (tests tamper with a SuperNode's replies that way)."""
@@ -152,8 +163,14 @@ def masked_stage(msg: Message, context: Context) -> Message:
     """masked mode: the SecAgg+ stages around training (setup, share-keys, unmask; client/modes/masked.py)."""
     settings = RunSettings.from_run_config(context.run_config)
     client_id, keys = load_site_keys(context.node_config, msg.content[wire.CONFIG])
+    def num_examples() -> int:
+        try:
+            return len(load_site_data(settings, context.node_config)[1])
+        except InputError as exc:  # the server hears why, never this site's local path
+            raise InputError(data_problem(exc, context.node_config)) from None
+
     return mode_masked.handle_query(msg, context, settings, client_id, keys, _injection_id(context.node_config, client_id),
-                               lambda: len(load_site_data(settings, context.node_config)[1]))
+                               num_examples)
 
 
 @app.query("decrypt")

@@ -20,6 +20,7 @@ NUM_EXAMPLES = "num-examples"  # METRICS: training examples used by the site (Fe
 TRAIN_LOSS = "train-loss"  # METRICS: mean training loss of the last local epoch
 DP_EPSILON = "dp-epsilon"  # METRICS (and CONFIG of a budget refusal): the site's DP-SGD epsilon so far
 DP_BUDGET_SPENT = "dp-budget-spent"  # CONFIG (reply): 1 when the site refuses because its DP budget is spent
+SITE_FAILED = "site-failed"  # CONFIG (reply): 1 when the site refuses because its own data cannot be used
 SERVER_ROUND = "server-round"  # CONFIG: the round number (1-based)
 RUN_NAME = "run-name"  # CONFIG: the run's name, bound into every watermark and seal context
 SIGNATURE = "signature"  # CONFIG: the server's Ed25519 signature over the global model's digest

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from functools import partial
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +19,24 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from common import wire
-from common.processes import peak_rss_mb
+from common.errors import FedSealError, one_line
 from common.integrity import watermark
 from common.integrity.keys import ServerKeys, init_federation, write_he_contexts
 from common.integrity.seal import global_context, publish_global
 from common.learning.data import load_split
 from common.learning.dp import check_model
 from common.learning.models import array_spec, get_arrays, initial_model, set_arrays
+from common.processes import peak_rss_mb
 from common.learning.training import EvalResult, centralized_reference, evaluate
-from common.run.records import RoundRecord, RunRecorder, published_metadata
+from common.run.records import AUDIT, RoundRecord, RunRecorder, published_metadata, read_jsonl
+from common.run.report import write_report
 from common.run.settings import RunSettings
 from common.run.stages import StageClock
 from server import roster as roster_mod
 from server.dp import round_epsilon, summary_fields
 from server.modes import ROUNDS
 from server.rounds import RoundContext
+from server.stall import STATUS_FINISHED, STATUS_STOPPED, RunStalled, SkipCounter, stall_reason
 
 app = ServerApp()
 
@@ -65,6 +68,7 @@ def main(grid: Grid, context: Context) -> None:
             global_arrays = resumed
         log(INFO, "Resuming after round %d", len(rounds))
 
+    skips = SkipCounter(settings.max_skipped_rounds)
     for server_round in range(len(rounds) + 1, settings.num_rounds + 1):
         started = time.perf_counter()
         node_ids, sampled = roster_mod.round_nodes(grid, roster, settings, recorder, server_round)
@@ -104,6 +108,15 @@ def main(grid: Grid, context: Context) -> None:
         recorder.record_round(record)
         log(INFO, "Round %d: accuracy %.4f loss %.4f (%d sites, %.1f s)", server_round,
             evaluation.accuracy, evaluation.loss, len(result.used), record.seconds)
+        skips.round_done(server_round, skipped=result.arrays is None)
+        if skips.stalled:  # the run cannot make progress: stop it and say why
+            reason = stall_reason(skips.rounds, read_jsonl(recorder.folder / AUDIT), settings.min_clients)
+            recorder.audit("run_stopped", round=server_round, reason=reason)
+            recorder.progress(server_round, STATUS_STOPPED)
+            recorder.write_summary(build_summary(settings, context, rounds, None, roster, run_name,
+                                                 status=STATUS_STOPPED, reason=reason))
+            write_run_report(settings, recorder.folder)
+            raise RunStalled(f"FedSeal run stopped: {reason}")
 
     final_round = settings.num_rounds + 1
     recorder.progress(settings.num_rounds, "centralized reference")
@@ -115,6 +128,19 @@ def main(grid: Grid, context: Context) -> None:
         batch_size=settings.batch_size, seed=settings.seed,
     )
     recorder.write_summary(build_summary(settings, context, rounds, reference, roster, run_name))
+    recorder.progress(settings.num_rounds, STATUS_FINISHED)
+    write_run_report(settings, recorder.folder)
+
+
+def write_run_report(settings: RunSettings, folder: Path) -> None:
+    """report.html into the run folder, for every kind of run (`report` run config); a report that
+    cannot be written is logged, the run's records stand."""
+    if not settings.report:
+        return
+    try:
+        log(INFO, "FedSeal report: %s", write_report(folder))
+    except (ImportError, OSError, FedSealError) as exc:
+        log(WARNING, "FedSeal report.html not written: %s", one_line(exc))
 
 
 def load_or_make_keys(root: Path, clients: int, per_round: int, *, simulation: bool) -> ServerKeys:
@@ -146,9 +172,13 @@ def evaluate_global(dataset: str, arrays: dict[str, np.ndarray]) -> EvalResult:
 
 
 def build_summary(settings: RunSettings, context: Context, rounds: list[RoundRecord],
-                  reference: EvalResult, roster: roster_mod.Roster, run_name: str) -> dict:
-    """summary.json: the settings, the final and centralized accuracy, every round."""
+                  reference: EvalResult | None, roster: roster_mod.Roster, run_name: str, *,
+                  status: str = STATUS_FINISHED, reason: str | None = None) -> dict:
+    """summary.json: how the run ended (status, and why when stopped), the settings, the final and
+    centralized accuracy (None when stopped: no reference is trained), every round."""
     return {
+        "status": status,
+        **({"reason": reason} if reason else {}),
         "dataset": settings.dataset,
         "clients": len(roster.sites),
         **roster.summary_fields(settings),
@@ -166,9 +196,9 @@ def build_summary(settings: RunSettings, context: Context, rounds: list[RoundRec
         "inject": settings.inject,
         "final_accuracy": rounds[-1].accuracy if rounds else None,
         "final_loss": rounds[-1].loss if rounds else None,
-        "centralized_accuracy": reference.accuracy,
-        "centralized_loss": reference.loss,
-        "test_examples": reference.num_examples,
+        "centralized_accuracy": reference.accuracy if reference else None,
+        "centralized_loss": reference.loss if reference else None,
+        "test_examples": reference.num_examples if reference else None,
         **summary_fields(settings.dp_spec, rounds, roster.sample_rate(settings)),
         "server_peak_rss_mb": peak_rss_mb(),  # the server's process (in simulation also Flower's SuperLink)
         "rounds": [r.to_json() for r in rounds],

@@ -46,14 +46,15 @@ def assert_no_leftovers(marker: str) -> None:
     assert left == [], "a process of the run survived the command"
 
 
-def simulate(*args: str, out: Path | None = None) -> subprocess.CompletedProcess:
-    """Run `fedseal simulate ARGS [--out OUT]`; assert it succeeded and left no process behind."""
+def simulate(*args: str, out: Path | None = None, returncode: int = 0) -> subprocess.CompletedProcess:
+    """Run `fedseal simulate ARGS [--out OUT]`; assert it exited with `returncode` (0: succeeded)
+    and left no process behind."""
     env, marker = _env()
     cmd = [sys.executable, "-m", "common.cli", "simulate", *args]
     if out is not None:
         cmd += ["--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr + _log(out)
+    assert proc.returncode == returncode, proc.stdout + proc.stderr + _log(out)
     assert_no_leftovers(marker)
     return proc
 

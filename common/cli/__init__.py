@@ -12,8 +12,16 @@ import sys
 from common.errors import FedSealError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit 2), not the whole usage;
+    every subcommand's parser is one too (argparse makes subparsers of the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fedseal",
         description="Secure end-to-end federated training: simulate a federation, "
         "watermark and verify models, run benchmarks.",

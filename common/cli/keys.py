@@ -49,14 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         type=int,
         required=True,
-        help="number of sites (ids 0..N-1); --sites is the same option",
+        help=f"number of sites, at least {keys.MIN_SITES} (ids 0..N-1); --sites is the same option",
     )
     init.set_defaults(handler=_init)
 
 
 def _init(args: argparse.Namespace) -> int:
-    if args.clients < 1:
-        raise InputError(f"--clients must be at least 1, got {args.clients}")
+    if args.clients < keys.MIN_SITES:
+        raise InputError(f"--clients must be at least {keys.MIN_SITES}, got {args.clients} (with one site the "
+                         "aggregate is that site's own update: nothing hides it)")
     written = keys.init_federation(args.dir, args.clients)
     for folder in (written.server, *written.clients):
         print(folder)

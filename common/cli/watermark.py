@@ -9,10 +9,11 @@ from pathlib import Path
 
 from common.errors import InputError
 from common.integrity import watermark
-from common.integrity.keys import load_secret, write_private
+from common.integrity.keys import load_public_key, load_secret, write_private
+from common.integrity.published import SignatureCheck, check_signature
 from common.integrity.watermark.bits import ALLOWED_K
 from common.run import modelio
-from common.run.records import CONTEXT_KEY
+from common.run.records import CONTEXT_KEY, SIGNATURE_KEY
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,12 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "verify",
-        help="check a watermarked model: exit 0 intact, 1 tampered",
-        description="Check every block of a watermarked model and say which tensors and parameter "
-        "ranges were tampered with, and whether `fedseal recover` can restore them.",
+        help="check a watermarked model: exit 0 intact, 1 tampered or not watermarked under this key",
+        description="Check every block of a watermarked model and give one verdict: intact; tampered "
+        "(which tensors and parameter ranges, and whether `fedseal recover` can restore them); or "
+        "not-watermarked-under-this-key (a wrong key or context, or a model never watermarked). With "
+        "--signing-pub, also check the server's signature: who signed, for which run and round, and "
+        "whether these bytes are the signed ones. Exit 0 only when everything checked holds.",
     )
     p.add_argument("input", metavar="IN")
     _key_args(p)
+    p.add_argument("--signing-pub", default=None, metavar="FILE",
+                   help="the server's Ed25519 public key (server-signing.pub of a site's key folder): "
+                   "also check the signature a FedSeal run wrote into the model's metadata")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=_verify)
 
@@ -100,20 +107,29 @@ def _watermark(args) -> int:
 
 
 def _load_marked(path: str, context: str | None):
-    """Tensors, manifest and the context to check under (flag, else the file's, else empty)."""
+    """Tensors, metadata, manifest and the context to check under (flag, else the file's, else empty)."""
     state, metadata = modelio.load_state(path)
     if context is None:
         context = metadata.get(CONTEXT_KEY, "")
-    return state, metadata.get(watermark.MANIFEST_KEY), context
+    return state, metadata, metadata.get(watermark.MANIFEST_KEY), context
 
 
-def _print_report(report: watermark.WatermarkReport, as_json: bool, verb: str, context: str) -> None:
+def _print_report(report: watermark.WatermarkReport, as_json: bool, verb: str, context: str,
+                  signature: SignatureCheck | None = None) -> None:
     if as_json:
-        print(json.dumps({**report.to_json(), "context": context}))
+        extra = {"signature": signature.to_json()} if signature is not None else {}
+        print(json.dumps({**report.to_json(), "context": context, **extra}))
         return
-    state = "intact" if report.intact else "TAMPERED"
+    if report.verdict == watermark.NOT_WATERMARKED:
+        print(f"{verb}: NOT WATERMARKED under this key and context: {report.total_blocks - report.tampered_blocks} "
+              f"of {report.total_blocks} blocks verify (context {context!r}). A wrong key or context, or a model "
+              "that was never watermarked (a checkpoint, a plain .pt): not a sign of tampering by itself.")
+        _print_signature(signature)
+        return
+    state = "intact" if report.verdict == watermark.INTACT else "TAMPERED"
     print(f"{verb}: {state}: {report.tampered_blocks} of {report.total_blocks} blocks fail the check "
           f"(context {context!r})")
+    _print_signature(signature)
     for problem in report.problems:
         print(f"  problem: {problem}")
     for name, damage in report.tensors.items():
@@ -128,19 +144,38 @@ def _print_report(report: watermark.WatermarkReport, as_json: bool, verb: str, c
         print("  recoverable: " + ("yes (run `fedseal recover`)" if report.recoverable else "no, beyond the recovery bound"))
 
 
+def _print_signature(check: SignatureCheck | None) -> None:
+    if check is None:
+        return
+    made = f"run {check.run}, round {check.round}" if check.run else "no FedSeal run context"
+    state = "valid" if check.valid else "INVALID"
+    print(f"signature: {state}: key {check.signer}; {made}; bytes match the signed ones: "
+          f"{'yes' if check.bytes_match else 'no'}. {check.reason}")
+
+
 def _verify(args) -> int:
     key = load_secret(args.key)
-    state, manifest, context = _load_marked(args.input, args.context)
+    public_key = load_public_key(args.signing_pub) if args.signing_pub else None
+    state, metadata, manifest, context = _load_marked(args.input, args.context)
     report = watermark.verify(state, key, context, manifest=manifest)
-    _print_report(report, args.json, "verify", context)
-    return 0 if report.intact else 1
+    signature = None
+    if public_key is not None:
+        restored = None
+        if report.verdict == watermark.TAMPERED and report.recoverable:
+            restored, _ = watermark.recover(state, key, context, manifest=manifest)
+        signature = check_signature(state, metadata.get(SIGNATURE_KEY), public_key, context, restored)
+    _print_report(report, args.json, "verify", context, signature)
+    return 0 if report.intact and (signature is None or signature.valid) else 1
 
 
 def _recover(args) -> int:
     _check_output(args.output, args.force, args.input)
     key = load_secret(args.key)
-    state, manifest, context = _load_marked(args.input, args.context)
+    state, _, manifest, context = _load_marked(args.input, args.context)
     restored, report = watermark.recover(state, key, context, manifest=manifest)
+    if report.verdict == watermark.NOT_WATERMARKED:  # nothing to restore from: write no output
+        _print_report(report, args.json, "recover", context)
+        return 1
     k = json.loads(manifest)["k"] if manifest else watermark.DEFAULT_K
     metadata = {watermark.MANIFEST_KEY: watermark.manifest_of(restored, k)}
     if context:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from common.errors import InputError, KeyFileError, TamperError
 from common.kdf import SECRET_LEN
 
+MIN_SITES = 2  # `keys init` and `simulate`: with one site the aggregate is that site's own update
 SERVER_DIR = "server"
 CLIENTS_DIR = "clients"
 SEALS_DIR = "seals"

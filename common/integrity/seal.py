@@ -113,7 +113,7 @@ def open_update(arrays: dict[str, np.ndarray], expected: dict[str, tuple], seal_
 
 
 def _describe(report: watermark.WatermarkReport) -> str:
-    if report.tampered_blocks == report.total_blocks:
+    if report.verdict == watermark.NOT_WATERMARKED:
         return "no block verifies for this site, round and run (wrong key, replayed or forged)"
     parts = [f"{report.tampered_blocks} of {report.total_blocks} blocks fail the check"]
     parts += report.problems

@@ -14,8 +14,9 @@ What a coordinator and N sites would run on N + 1 machines, here on one (`script
 
 The server gets no site's path or data: data and keys reach a site's ClientApp only through
 that site's node config. Every process is started in its own session and stopped by PID
-(`common.processes.stop_session`), whatever ends the deployment. Every command is also written
-to `DIR/commands.txt`, one role per block, to copy to real machines. No Flower import here:
+(`common.processes.stop_session`), whatever ends the deployment. `write_kit` writes the same
+commands as one folder per machine, `DIR/kit/coordinator/` and `DIR/kit/site-<id>/`, each with
+exactly that machine's files and a `commands.sh` (common/launch/kit.py). No Flower import here:
 this module only runs Flower's command-line programs.
 """
 
@@ -41,20 +42,15 @@ import numpy as np
 
 from common.errors import FedSealError, InputError
 from common.integrity import certs
-from common.integrity.keys import client_dir, init_federation
-from common.learning.data import (
-    dataset_info,
-    partition_indices,
-    train_test_indices,
-    write_csv,
-)
+from common.integrity.keys import client_dir, init_federation, server_dir
+from common.launch import kit
+from common.launch.kit import CONNECTION, LABEL_COLUMN
+from common.learning.data import dataset_info, partition_indices, train_test_indices, write_csv
 from common.processes import session_members, start_in_new_session, stop_session
 from common.run import records
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-CONNECTION = "fedseal-local"  # the SuperLink connection name in the coordinator's FLWR_HOME
-LABEL_COLUMN = "label"
 STARTUP_TIMEOUT = 90.0
 POLL = 0.5
 
@@ -157,8 +153,8 @@ class Site:
 
     def node_config(self) -> str:
         """Its node config: where its data and keys are, and its id (the server learns none of it)."""
-        return (f"data-path={_toml_str(self.data)} label-column={_toml_str(LABEL_COLUMN)} "
-                f"keys-dir={_toml_str(self.keys_dir)} client-id={_toml_str(self.id)}")
+        _toml_str(self.data), _toml_str(self.keys_dir), _toml_str(self.id)  # no quote can break the TOML
+        return kit.node_config(str(self.data), str(self.keys_dir), self.id)
 
 
 @dataclass
@@ -177,7 +173,7 @@ class Deployment:
     Layout: `coordinator/` (tls/, superexec.secret, flwr-home/, logs), `keys/` (from `fedseal
     keys init`: server/ stays with the coordinator, clients/<id>/ goes to site <id>),
     `sites/<id>/` (site.csv, auth.key, auth.pub, superexec.secret, flwr-home/, logs),
-    `runs/<name>/` (run folders), `commands.txt`.
+    `runs/<name>/` (run folders), `kit/` (`write_kit`: one folder per machine).
     """
 
     def __init__(self, root: str | Path, clients: int, *, dataset: str = "breast-cancer",
@@ -213,16 +209,9 @@ class Deployment:
         ports = free_ports(self.clients + 1)
         self.port = ports[0]
         self.coordinator.mkdir()
-        fedseal = str(BIN / "fedseal")
         certs.make_tls(self.tls, ("127.0.0.1", "localhost"))
-        self._note("coordinator: CA and SuperLink certificate", [fedseal, "certs", "tls", str(self.tls), "--host",
-                                                                 "127.0.0.1", "--host", "localhost"])
         certs.make_secret(self.coordinator / "superexec.secret")
-        self._note("coordinator: SuperExec secret", [fedseal, "certs", "secret",
-                                                     str(self.coordinator / "superexec.secret")])
         init_federation(self.keys, self.clients)
-        self._note("coordinator: federation keys (copy keys/clients/<id> to site <id>)",
-                   [fedseal, "keys", "init", str(self.keys), "--sites", str(self.clients)])
         self.sites = [Site(str(i), self.root / "sites" / str(i), client_dir(self.keys, str(i)), ports[i + 1])
                       for i in range(self.clients)]
         for site in self.sites:
@@ -230,10 +219,8 @@ class Deployment:
         counts = write_site_csvs(self.dataset, self.clients, self.partition, self.seed, [s.data for s in self.sites])
         home = self.coordinator / "flwr-home"
         home.mkdir()
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\nroot-certificates = {_toml_str(self.tls / certs.CA_CERT)}\n',
-            encoding="utf-8")
+        (home / "config.toml").write_text(kit.connection_toml(self.port, _toml_str(self.tls / certs.CA_CERT)[1:-1]),
+                                          encoding="utf-8")
         (self.root / "runs").mkdir()
         self.say(f"credentials, keys and site data in {self.root} (rows per site: {counts})")
 
@@ -244,12 +231,24 @@ class Deployment:
                     FLWR_TELEMETRY_ENABLED="0", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     PYTHONUNBUFFERED="1")
 
-    def _note(self, role: str, cmd: list[str]) -> None:
-        with (self.root / "commands.txt").open("a", encoding="utf-8") as fh:
-            fh.write(f"# {role}\n{subprocess.list2cmdline(cmd)}\n\n")
+    def write_kit(self, runs: list[tuple[str, dict[str, object]]]) -> Path:
+        """DIR/kit/: one folder per machine with its files and a commands.sh that runs from there
+        (common/launch/kit.py); the coordinator's submits `runs` ((run name, run config) each)."""
+        folder = self.root / kit.KIT
+        folder.mkdir()
+        kit.write_coordinator(folder, tls=self.tls, secret=self.coordinator / "superexec.secret",
+                              server_keys=server_dir(self.keys), site_pubs={s.id: s.auth_pub for s in self.sites},
+                              port=self.port, bin_dir=BIN, app=ROOT,
+                              runs=[(name, " ".join(f"{k}={_toml_value(v)}" for k, v in config.items()))
+                                    for name, config in runs])
+        for site in self.sites:
+            kit.write_site(folder, site.id, ca=self.tls / certs.CA_CERT, auth_key=site.auth_key,
+                           auth_pub=site.auth_pub, secret=site.secret, keys=site.keys_dir, data=site.data,
+                           superlink_port=self.port, port=site.port, bin_dir=BIN)
+        return folder
 
-    def _spawn(self, name: str, role: str, cmd: list[str], home: Path, log: Path) -> Proc:
-        self._note(role, cmd)
+    def _spawn(self, name: str, cmd: list[str], home: Path, log: Path) -> Proc:
+        cmd = [str(BIN / cmd[0]), *cmd[1:]]  # Flower's programs of this interpreter's environment
         with log.open("ab") as out:
             popen = start_in_new_session(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self._env(home), cwd=self.root)
@@ -267,7 +266,6 @@ class Deployment:
         running = []
         for args in commands:
             cmd = [str(BIN / "flwr"), *args]
-            self._note("coordinator", cmd)
             running.append((args, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                                    cwd=ROOT, env=self._env(self.coordinator / "flwr-home"),
                                                    stdin=subprocess.DEVNULL)))
@@ -281,6 +279,8 @@ class Deployment:
                     raise DeployError(f"{what} did not finish in {timeout:.0f} s") from None
                 if popen.returncode != 0:
                     raise DeployError(f"{what} failed ({popen.returncode}): {(out + err).strip()[-1500:]}")
+                if (failure := flwr_failure(out)) is not None:  # exit 0, yet "success": false
+                    raise DeployError(f"{what} failed: {failure}")
                 done.append(subprocess.CompletedProcess(popen.args, popen.returncode, out, err))
         finally:
             for _, popen in running:
@@ -317,25 +317,17 @@ class Deployment:
         """Start the SuperLink (TLS, node auth, process isolation, SuperExec secret) and its SuperExec."""
         tls, secret = self.tls, self.coordinator / "superexec.secret"
         home = self.coordinator / "flwr-home"
-        self._spawn("SuperLink", "coordinator: the SuperLink (opens port %d to the sites)" % self.port, [
-            str(BIN / "flower-superlink"),
-            "--ssl-ca-certfile", str(tls / certs.CA_CERT), "--ssl-certfile", str(tls / certs.SERVER_CERT),
-            "--ssl-keyfile", str(tls / certs.SERVER_KEY),
-            "--enable-supernode-auth", "--isolation", "process", "--superexec-auth-secret-file", str(secret),
-            "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.port),
-        ], home, self.coordinator / "superlink.log")
+        self._spawn("SuperLink", kit.superlink(str(tls), str(secret), self.port), home,
+                    self.coordinator / "superlink.log")
         self._wait(f"the SuperLink's /health on 127.0.0.1:{self.port}", self.health)
-        self._spawn("SuperLink's SuperExec", "coordinator: the SuperExec that runs the ServerApp", [
-            str(BIN / "flower-superexec"), "--runtime-api-address", f"127.0.0.1:{self.port}",
-            "--root-certificates", str(tls / certs.CA_CERT), "--superexec-auth-secret-file", str(secret),
-        ], home, self.coordinator / "superexec.log")
+        self._spawn("SuperLink's SuperExec", kit.server_superexec(self.port, str(tls / certs.CA_CERT), str(secret)),
+                    home, self.coordinator / "superexec.log")
         self.say(f"SuperLink on https://127.0.0.1:{self.port} (TLS, SuperNode auth, process isolation)")
 
     def register(self, *sites: Site) -> list[int]:
         """`flwr supernode register` each site's public key (all at once); return the node ids
         the SuperLink gave them (also kept in `site.node_id`)."""
-        answers = self._flwr_many([["supernode", "register", str(site.auth_pub), CONNECTION, "--name",
-                                    f"site-{site.id}", "--format", "json"] for site in sites])
+        answers = self._flwr_many([kit.register(str(site.auth_pub), site.id)[1:] for site in sites])
         for site, done in zip(sites, answers):
             try:
                 site.node_id = int(json.loads(done.stdout[done.stdout.index("{"):])["node-id"])
@@ -351,19 +343,11 @@ class Deployment:
     def start_site(self, site: Site) -> None:
         """Start the site's SuperNode (its node config, TLS trusting our CA, its auth key) and its SuperExec."""
         home = site.folder / "flwr-home"
-        role = f"site {site.id}"
-        node = self._spawn(f"SuperNode {site.id}", f"{role}: the SuperNode (connects out to the SuperLink)", [
-            str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
-            "--root-certificates", str(self.tls / certs.CA_CERT),
-            "--auth-supernode-private-key", str(site.auth_key),
-            "--node-config", site.node_config(),
-            "--isolation", "process", "--superexec-auth-secret-file", str(site.secret),
-            "--host", "127.0.0.1", "--port", str(site.port),
-        ], home, site.folder / "supernode.log")
-        execu = self._spawn(f"SuperNode {site.id}'s SuperExec", f"{role}: the SuperExec that runs the ClientApp", [
-            str(BIN / "flower-superexec"), "--runtime-api-address", f"127.0.0.1:{site.port}", "--insecure",
-            "--superexec-auth-secret-file", str(site.secret),
-        ], home, site.folder / "superexec.log")
+        node = self._spawn(f"SuperNode {site.id}", kit.supernode(
+            f"127.0.0.1:{self.port}", str(self.tls / certs.CA_CERT), str(site.auth_key), site.node_config(),
+            str(site.secret), site.port), home, site.folder / "supernode.log")
+        execu = self._spawn(f"SuperNode {site.id}'s SuperExec", kit.site_superexec(site.port, str(site.secret)),
+                            home, site.folder / "superexec.log")
         site.procs = [node, execu]
 
     def nodes(self) -> dict[int, str]:
@@ -387,12 +371,8 @@ class Deployment:
 
     def _site_credentials(self, site: Site) -> None:
         """What a site makes for itself: its authentication key pair and its SuperExec secret."""
-        fedseal = str(BIN / "fedseal")
         certs.make_node_key(site.folder, comment=f"site-{site.id}")
-        self._note(f"site {site.id}: its SuperNode key pair (send auth.pub to the coordinator)",
-                   [fedseal, "certs", "node-key", str(site.folder), "--comment", f"site-{site.id}"])
         certs.make_secret(site.secret)
-        self._note(f"site {site.id}: its SuperExec secret", [fedseal, "certs", "secret", str(site.secret)])
         (site.folder / "flwr-home").mkdir()
 
     def new_site(self, site_id: str, keys_dir: Path) -> Site:
@@ -426,10 +406,9 @@ class Deployment:
             raise InputError(f"run folder {folder} exists already")
         config = {"out-dir": str(folder), "keys-dir": str(self.keys), **run_config}
         pairs = " ".join(f"{key}={_toml_value(value)}" for key, value in config.items())
-        cmd = [str(BIN / "flwr"), "run", str(ROOT), CONNECTION, "--stream", "--run-config", pairs]
+        cmd = ["flwr", "run", str(ROOT), CONNECTION, "--stream", "--run-config", pairs]
         log = self.coordinator / f"flwr-run-{name}.log"
-        proc = self._spawn(f"flwr run {name}", "coordinator: submit the run", cmd,
-                           self.coordinator / "flwr-home", log)
+        proc = self._spawn(f"flwr run {name}", cmd, self.coordinator / "flwr-home", log)
         proc.expected_exit = True
         return RunHandle(folder, proc, time.monotonic())
 
@@ -500,6 +479,17 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def flwr_failure(stdout: str) -> str | None:
+    """Flower's error message when a `flwr ... --format json` answer says "success": false, else None."""
+    try:
+        answer = json.loads(stdout[stdout.index("{"):])
+    except ValueError:
+        return None
+    if isinstance(answer, dict) and answer.get("success") is False:
+        return " ".join(str(answer.get("error-message", answer)).split())
+    return None
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -532,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
         "a CA and TLS certificates, the federation keys, SuperNode authentication keys, one SuperLink (TLS, "
         "--enable-supernode-auth, --isolation process, SuperExec secret) and N SuperNodes, each with its own "
         "data CSV and key folder in its node config; one `flwr run`; every process stopped by PID at the end "
-        "(also on failure or Ctrl-C). DIR/commands.txt lists every command by machine.",
+        "(also on failure or Ctrl-C). DIR/kit/ holds one folder per machine (coordinator, site-<id>) with "
+        "exactly its files and a commands.sh that runs from that folder.",
     )
     p.add_argument("--mode", default="none", metavar="|".join(_modes()),
                    help="secure mode (run-config secure-mode); a comma-separated list or `all` runs one "
@@ -607,11 +598,19 @@ def main(argv: list[str] | None = None) -> int:
         with Deployment(folder, args.clients, dataset=args.dataset, partition=args.partition, seed=args.seed,
                         say=say) as dep:
             dep.prepare()
+
+            def run_of(mode: str) -> tuple[str, dict[str, object]]:
+                return f"{mode}-{args.clients}x{args.rounds}", {
+                    "secure-mode": mode, "num-rounds": args.rounds, "min-clients": min_clients,
+                    "dataset": args.dataset, "seed": args.seed, "partition": args.partition, **extra}
+
+            kit_dir = dep.write_kit([run_of(mode) for mode in modes])
+            say(f"one folder per machine in {kit_dir}: run {kit_dir / kit.COORDINATOR / kit.COMMANDS}, then each "
+                f"{kit_dir}/site-<id>/{kit.COMMANDS}")
             dep.start()
+
             def submit(mode: str) -> RunHandle:
-                config = {"secure-mode": mode, "num-rounds": args.rounds, "min-clients": min_clients,
-                          "dataset": args.dataset, "seed": args.seed, "partition": args.partition, **extra}
-                handle = dep.start_run(f"{mode}-{args.clients}x{args.rounds}", config)
+                handle = dep.start_run(*run_of(mode))
                 say(f"flwr run submitted (secure-mode {mode}, {args.rounds} rounds); log {handle.proc.log}")
                 return handle
 
@@ -621,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
                     summary = dep.wait_run(handle, timeout=args.timeout)
                 except RunFailed as exc:
                     say(f"secure-mode {mode}: FAILED: {exc}")
+                    results.append((mode, handle.folder, None))
+                    continue
+                if summary.get("status") == "stopped":  # the server could not make progress
+                    say(f"secure-mode {mode}: STOPPED: {summary.get('reason')}")
                     results.append((mode, handle.folder, None))
                     continue
                 say(f"secure-mode {mode}: final accuracy {summary['final_accuracy']:.4f}, "

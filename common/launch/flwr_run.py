@@ -63,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         s = json.loads(summary.read_text())
+        if s.get("status") == "stopped":
+            print(f"flwr-run.sh: run stopped: {s.get('reason')}", file=sys.stderr)
+            return 1
         print(f"final accuracy {s['final_accuracy']:.4f}   centralized {s['centralized_accuracy']:.4f}")
-        print(f"Run folder: {out}")
+        report = out / "report.html"
+        print(f"Run folder: {out}" + (f" (report: {report})" if report.is_file() else ""))
         return 0
     except KeyboardInterrupt:
         print("flwr-run.sh: interrupted", file=sys.stderr)

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from common import processes
 from common.errors import FedSealError, InputError
+from common.integrity.keys import MIN_SITES
 from common.launch import progress
 from common.learning.data import DATASETS, load_split
 from common.run import inject, records
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="bundled scikit-learn dataset: breast-cancer (569x30, MLP) or digits (1,797 8x8 images, "
                    "small CNN) [dataset]")
     p.add_argument("--clients", type=int, default=5,
-                   help="number of simulated sites (>= 2); the server makes keys for all and waits for all "
+                   help=f"number of simulated sites (>= {MIN_SITES}); the server makes keys for all and waits for all "
                    "(at most --round-timeout seconds) [clients]")
     p.add_argument("--clients-per-round", type=int, default=d.clients_per_round, metavar="K",
                    help="sites sampled into each round's cohort, seeded by --seed and the round; 0 = all. "
@@ -77,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--round-timeout", type=int, default=d.round_timeout, metavar="SECONDS",
                    help="seconds the server waits for replies at each step of a round; sites that do not answer "
                    "in time are left out of that round [round-timeout]")
+    p.add_argument("--max-skipped-rounds", type=int, default=d.max_skipped_rounds, metavar="R",
+                   help="stop the run (exit 1, summary status 'stopped' with the reason) after R skipped rounds "
+                   "in a row [max-skipped-rounds]")
     p.add_argument("--aggregator", default=d.aggregator, choices=AGGREGATORS,
                    help="how accepted updates combine: fedavg, or robust median / trimmed-mean / krum, which "
                    "limit what a site training on poisoned data can do [aggregator]")
@@ -110,8 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
     """Validate flags into (RunSettings, number of sites); raise InputError on bad input."""
-    if args.clients < 2:
-        raise InputError(f"--clients must be at least 2, got {args.clients}")
+    if args.clients < MIN_SITES:
+        raise InputError(f"--clients must be at least {MIN_SITES}, got {args.clients}")
     if args.rounds < 1:
         raise InputError(f"--rounds must be at least 1, got {args.rounds}")
     settings = RunSettings(
@@ -121,6 +125,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
         aggregator=args.aggregator, on_tamper=args.on_tamper, inject=inject.to_text(inject.parse(args.inject)),
         dp=getattr(args, "dp", ""), round_timeout=args.round_timeout, clients=args.clients,
         clients_per_round=getattr(args, "clients_per_round", 0),
+        report=not getattr(args, "no_report", False),
+        max_skipped_rounds=getattr(args, "max_skipped_rounds", RunSettings().max_skipped_rounds),
     )
     bad = [i for i in settings.injections if i.client >= args.clients]
     if bad:
@@ -171,12 +177,15 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.replace(out_dir=str(folder))
         records.atomic_write_json(folder / RUN_CONFIG, {"clients": clients, "run_config": settings.to_run_config()})
         _say(args, f"FedSeal simulate: {settings.dataset}, {clients} sites, {settings.num_rounds} rounds, "
-             f"partition {settings.partition}, seed {settings.seed} -> {folder}")
+             f"secure mode {settings.secure_mode}, partition {settings.partition}, seed {settings.seed} -> {folder}")
     live = sys.stdout.isatty() and not getattr(args, "quiet", False)
     display = (progress.RichProgress(folder, settings.num_rounds, lambda rec: format_progress(rec, settings.num_rounds))
                if live else None)
     returncode = run_child(settings, clients, folder, verbose=args.verbose, out=sys.stdout, display=display,
                            quiet=getattr(args, "quiet", False))
+    if (stopped := stopped_reason(folder)) is not None:
+        _write_report(settings, folder)
+        raise FedSealError(f"run stopped: {stopped}; run folder: {folder}")
     if returncode != 0:
         raise FedSealError(f"simulation failed (exit {returncode}): {last_error(folder / LOG_NAME)}; "
                            f"full log: {folder / LOG_NAME}")
@@ -189,14 +198,29 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(summary), flush=True)
     print(f"Run folder: {folder}", flush=True)
-    if not getattr(args, "no_report", False):
-        from common.run.report import write_report
-
-        try:
-            print(f"Report: {write_report(folder)}", flush=True)
-        except (ImportError, OSError, FedSealError) as exc:  # the run itself is complete
-            print(f"fedseal: warning: report.html not written: {exc}", file=sys.stderr, flush=True)
+    _write_report(settings, folder)
     return 0
+
+
+def _write_report(settings: RunSettings, folder: Path) -> None:
+    """Say where the report the server wrote is (the `report` run config), or that it is missing."""
+    if not settings.report:
+        return
+    from common.run.report import REPORT
+
+    if (folder / REPORT).exists():
+        print(f"Report: {folder / REPORT}", flush=True)
+    else:  # the run itself is complete
+        print(f"fedseal: warning: report.html not written; see {folder / LOG_NAME}", file=sys.stderr, flush=True)
+
+
+def stopped_reason(folder: Path) -> str | None:
+    """Why the server stopped the run (summary.json status "stopped"), or None."""
+    try:
+        summary = json.loads((folder / records.SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(summary.get("reason", "no reason recorded")) if summary.get("status") == "stopped" else None
 
 
 def _say(args: argparse.Namespace, line: str) -> None:

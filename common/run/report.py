@@ -36,9 +36,34 @@ EVENT_TEXT = {
     "global_recovered": "site restored the tampered global model",
     "global_refused": "site refused the global model",
     "round_skipped": "round skipped (too few accepted replies)",
-    "replies_missing": "replies missing",
+    "replies_missing": "no reply within the round timeout",
+    "shares_rejected": "key shares rejected (masked mode)",
+    "site_dropped": "site left out of the round after it started (masked mode: its masks are removed)",
+    "sum_decrypted": "site decrypted the blinded sum for the server (he mode; it sees only sum + mask)",
+    "decrypt_failed": "site's decryption of the blinded sum failed (he mode)",
+    "dp_budget_spent": "site's privacy budget is spent; it no longer trains",
+    "site_failed": "site could not take part (its own data or configuration)",
+    "run_stopped": "run stopped: it could not make progress",
+    "site_unknown": "node left out of the federation: it names no site with keys here",
+    "sites_absent": "sites of the round's cohort with no connected node",
+    "cohort": "sites sampled into the round",
 }
-BAD_EVENTS = {"update_rejected", "global_refused", "round_skipped", "replies_missing"}
+BAD_EVENTS = {"update_rejected", "global_refused", "round_skipped", "replies_missing", "shares_rejected",
+              "decrypt_failed", "site_failed", "run_stopped", "site_unknown", "sites_absent"}
+
+
+def event_text(event: Any) -> str:
+    """What an audit event means, in words (an event this version does not know: its name, spelled out)."""
+    return EVENT_TEXT.get(event) or str(event).replace("_", " ")
+
+
+def _plain(details: dict[str, Any]) -> str:
+    """An audit record's other fields as 'name value; name value' (lists comma-separated)."""
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return ", ".join(f"{k}: {value(x)}" for k, x in v.items())
+        return ", ".join(map(value, v)) if isinstance(v, (list, tuple)) else str(v)
+    return "; ".join(f"{k.replace('_', ' ')} {value(v)}" for k, v in details.items() if v not in (None, "", [], {}))
 
 
 @dataclass
@@ -361,10 +386,15 @@ def _verdict(run: RunData) -> list[str]:
         elif ev == "global_refused":
             lines.append(f"Round {rnd}: site {who} <b>refused</b> the global model ({_e(a.get('reason'))}).")
         elif ev == "round_skipped":
-            lines.append(f"Round {rnd} was <b>skipped</b>: {_e(a.get('accepted'))} accepted replies, "
-                         f"{_e(a.get('min_clients'))} needed; the global model stayed as it was.")
+            why = (_e(a["reason"]) if a.get("reason") else
+                   f"{_e(a.get('accepted'))} accepted replies, {_e(a.get('min_clients'))} needed")
+            lines.append(f"Round {rnd} was <b>skipped</b>: {why}; the global model stayed as it was.")
+        elif ev == "run_stopped":
+            lines.append(f"After round {rnd} the run was <b>stopped</b>: {_e(a.get('reason'))}.")
         else:
-            lines.append(f"Round {rnd}: {_e(ev)} {_e({k: v for k, v in a.items() if k not in ('event', 'round')})}")
+            details = {k: v for k, v in a.items() if k not in ("event", "round", "client")}
+            lines.append(f"Round {rnd}: " + (f"site {who}: " if a.get("client") is not None else "")
+                         + _e(event_text(ev)) + (f" ({_e(_plain(details))})" if _plain(details) else "") + ".")
     return [ln.replace("site None", "a site") for ln in lines]
 
 
@@ -385,7 +415,9 @@ def build_report(run: RunData) -> Report:
         _card(f"{last['accuracy']:.4f}", "final accuracy" + (f" (centralized {ref:.4f})"
                                                              if isinstance(ref, (int, float)) else ""), "info"),
         _card(f"{len(run.rounds)}/{s.get('num_rounds', s.get('num-rounds', '?'))}", "rounds"
-              + ("" if run.finished else " (run in progress)"), "info" if run.finished else "warn"),
+              + ("" if run.finished else " (run in progress)")
+              + (" (stopped: it could not make progress)" if s.get("status") == "stopped" else ""),
+              "info" if run.finished and s.get("status") != "stopped" else "warn"),
         _card(len(rejected), "replies rejected" + (": " + ", ".join(f"site {c} (round {r})" for r, c in rejected)
                                                    if rejected else ""), "bad" if rejected else "ok"),
         _card(len(recovered), "tampered models restored" + (": " + ", ".join(
@@ -467,7 +499,7 @@ def _audit_table(run: RunData) -> str:
         ev = a.get("event")
         details = {k: v for k, v in a.items() if k not in ("event", "round", "client", "reason", "tampered")}
         tampered = "; ".join(f"{t}: {', '.join(map(str, b))}" for t, b in (a.get("tampered") or {}).items())
-        rows.append([a.get("round", ""), a.get("client", ""), ev, EVENT_TEXT.get(ev, ""), a.get("reason", ""),
-                     tampered, json.dumps(details) if details else ""])
+        rows.append([a.get("round", ""), a.get("client", ""), ev, event_text(ev), a.get("reason", ""),
+                     tampered, _plain(details)])
         classes.append("bad" if ev in BAD_EVENTS else "warn")
     return _table(["round", "site", "event", "meaning", "reason", "tampered tensor: blocks", "details"], rows, classes)

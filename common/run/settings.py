@@ -40,6 +40,8 @@ RUN_CONFIG_KEYS = {
     "round-timeout": "round_timeout",
     "clients": "clients",
     "clients-per-round": "clients_per_round",
+    "max-skipped-rounds": "max_skipped_rounds",
+    "report": "report",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -81,6 +83,10 @@ class RunSettings:
             keys_dir in deployment, or in simulation those connected once no new one joined.
         clients_per_round (int, 0): sites sampled into each round's cohort (seeded by seed and
             round); 0 means all. min_clients applies to the cohort.
+        max_skipped_rounds (int, 3): after this many skipped rounds in a row (too few accepted
+            replies) the server stops the run, exits non-zero and says which sites failed and why.
+        report (bool, True): the server writes report.html into the run folder when the run ends
+            (simulated, `flwr run` or deployed alike).
     """
 
     dataset: str = "breast-cancer"
@@ -102,6 +108,8 @@ class RunSettings:
     round_timeout: int = 300
     clients: int = 0
     clients_per_round: int = 0
+    max_skipped_rounds: int = 3
+    report: bool = True
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -131,6 +139,9 @@ class RunSettings:
             raise InputError(f"resume must be true or false, got {self.resume!r}")
         _require_int(self.round_timeout, "round-timeout", 1)
         self._check_sampling()
+        _require_int(self.max_skipped_rounds, "max-skipped-rounds", 1)
+        if not isinstance(self.report, bool):
+            raise InputError(f"report must be true or false, got {self.report!r}")
         dp = parse_dp(self.dp)
         if self.secure_mode != "none":
             self._check_secure_mode(dp)

@@ -133,3 +133,115 @@ def test_bench_watermark_prints_every_figure(capsys):
         assert field in result
     assert [f for f, _ in result["recovery_curve"]] == [0.05, 0.10, 0.15, 0.20, 0.25, 0.30]
     assert dict(result["recovery_curve"])[0.05] == 1.0
+
+
+# --- verdicts, and the signature of a published model ------------------------------------------
+
+
+def test_verify_tells_wrong_key_and_unmarked_file_from_tampering(files, capsys):
+    tmp, key, plain, marked = files
+    other = tmp / "other.key"
+    assert main(["keygen", "--out", str(other)]) == 0
+    cases = {"intact": (marked, key, 0), "wrong-key": (marked, other, 1), "never-marked": (plain, key, 1)}
+    verdicts = {}
+    for name, (path, k, want) in cases.items():
+        code, report = run_json(capsys, ["verify", str(path), "--key", str(k), "--context", "run/1", "--json"])
+        assert code == want
+        verdicts[name] = report["verdict"]
+    assert verdicts == {"intact": "intact", "wrong-key": "not-watermarked-under-this-key",
+                        "never-marked": "not-watermarked-under-this-key"}
+    capsys.readouterr()
+    assert main(["verify", str(plain), "--key", str(key), "--context", "run/1"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT WATERMARKED under this key and context" in out and "TAMPERED" not in out
+    restored = tmp / "restored.safetensors"
+    assert main(["recover", str(plain), "-o", str(restored), "--key", str(key)]) == 1
+    assert not restored.exists()  # nothing to restore from: no output that looks restored
+
+
+def test_verify_tampered_names_tensor_blocks_ranges_and_recoverability(files, capsys):
+    tmp, key, _, marked = files
+    state, metadata = load_state(marked)
+    state["fc2.weight"].reshape(-1).view(np.uint32)[5] ^= np.uint32(1 << 30)
+    tampered = tmp / "tampered.safetensors"
+    save_file(state, str(tampered), metadata=metadata)
+    capsys.readouterr()
+    assert main(["verify", str(tampered), "--key", str(key), "--context", "run/1"]) == 1
+    out = capsys.readouterr().out
+    assert "verify: TAMPERED: 1 of" in out and "fc2.weight: 1 blocks, parameters [0:64)" in out
+    assert "recoverable: yes (run `fedseal recover`)" in out
+
+
+@pytest.fixture()
+def published(tmp_path):
+    """A model as a FedSeal run publishes it: watermarked, signed, context in its metadata."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from common.integrity.keys import write_private
+    from common.integrity.seal import global_context, publish_global
+    from common.run.records import published_metadata, save_arrays
+
+    wm_key = bytes(range(32))
+    key_file = tmp_path / "watermark.key"
+    write_private(key_file, wm_key)
+    rng = np.random.default_rng(3)
+    model = {"w": rng.normal(0, 0.1, (40, 64)).astype(np.float32), "b": rng.normal(0, 0.1, 64).astype(np.float32)}
+    pubs = {}
+    for who in ("server", "other"):
+        signing = Ed25519PrivateKey.generate()
+        pubs[who] = tmp_path / f"{who}-signing.pub"
+        write_private(pubs[who], signing.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+        arrays, signature = publish_global(model, wm_key, signing, "run-7", 3)
+        save_arrays(tmp_path / f"by-{who}.safetensors", arrays,
+                    published_metadata(arrays, global_context("run-7", 3), signature))
+    return tmp_path, key_file, pubs
+
+
+def test_signing_pub_valid_signature(published, capsys):
+    tmp, key, pubs = published
+    code, report = run_json(capsys, ["verify", str(tmp / "by-server.safetensors"), "--key", str(key),
+                                     "--signing-pub", str(pubs["server"]), "--json"])
+    assert code == 0 and report["verdict"] == "intact"
+    sig = report["signature"]
+    assert sig["valid"] and sig["bytes_match"] and sig["run"] == "run-7" and sig["round"] == 3
+    assert sig["signer"].startswith("SHA256:")
+    capsys.readouterr()
+    assert main(["verify", str(tmp / "by-server.safetensors"), "--key", str(key), "--signing-pub", str(pubs["server"])]) == 0
+    assert "signature: valid: key SHA256:" in capsys.readouterr().out
+
+
+def test_signing_pub_signature_by_another_key(published, capsys):
+    tmp, key, pubs = published
+    code, report = run_json(capsys, ["verify", str(tmp / "by-other.safetensors"), "--key", str(key),
+                                     "--signing-pub", str(pubs["server"]), "--json"])
+    assert code == 1 and report["verdict"] == "intact"  # a key holder re-watermarked it: only the signature tells
+    assert not report["signature"]["valid"] and "not signed by this server key" in report["signature"]["reason"]
+
+
+def test_signing_pub_model_changed_after_signing(published, capsys):
+    tmp, key, pubs = published
+    state, metadata = load_state(tmp / "by-server.safetensors")
+    state["w"].reshape(-1).view(np.uint32)[70] ^= np.uint32(1 << 28)
+    changed = tmp / "changed.safetensors"
+    save_file(state, str(changed), metadata=metadata)
+    code, report = run_json(capsys, ["verify", str(changed), "--key", str(key), "--signing-pub", str(pubs["server"]),
+                                     "--json"])
+    assert code == 1 and report["verdict"] == "tampered"
+    sig = report["signature"]
+    assert not sig["valid"] and not sig["bytes_match"] and sig["signed_after_recovery"]
+    assert "changed after signing" in sig["reason"]
+    state["w"][:] = 0.5  # beyond recovery, and with it beyond the signature
+    save_file(state, str(changed), metadata=metadata)
+    code, report = run_json(capsys, ["verify", str(changed), "--key", str(key), "--signing-pub", str(pubs["server"]),
+                                     "--json"])
+    assert code == 1 and not report["signature"]["valid"] and not report["signature"]["signed_after_recovery"]
+
+
+def test_signing_pub_on_a_file_without_signature(files, capsys, published):
+    tmp, key, _, marked = files
+    _, _, pubs = published
+    code, report = run_json(capsys, ["verify", str(marked), "--key", str(key), "--context", "run/1",
+                                     "--signing-pub", str(pubs["server"]), "--json"])
+    assert code == 1 and report["verdict"] == "intact" and "no server signature" in report["signature"]["reason"]

@@ -38,7 +38,8 @@ def test_every_record_written(two_runs):
     folder = two_runs[0][0]
     summary = json.loads((folder / records.SUMMARY).read_text())
     assert summary["dataset"] == "breast-cancer" and summary["clients"] == 3
-    assert summary["secure_mode"] == "none"
+    assert summary["secure_mode"] == "none" and summary["status"] == "finished" and "reason" not in summary
+    assert json.loads((folder / records.PROGRESS).read_text())["stage"] == "finished"  # not "centralized reference"
     assert summary["final_accuracy"] > 0.9  # chance is about 0.63 (majority class)
     assert summary["centralized_accuracy"] > 0.9
     rounds = summary["rounds"]

@@ -284,15 +284,17 @@ def test_cli_init(cli_main, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     keys.ServerKeys.load(root / "server")
 
 
-@pytest.mark.parametrize("n", ["0", "-3"])
-def test_cli_rejects_no_sites(cli_main, tmp_path: Path, capsys: pytest.CaptureFixture[str], n: str) -> None:
-    assert cli_main(["keys", "init", str(tmp_path), "--clients", n]) == 2
+@pytest.mark.parametrize("n", ["0", "-3", "1"])
+def test_cli_rejects_fewer_than_two_sites_like_simulate(cli_main, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        n: str) -> None:
+    assert cli_main(["keys", "init", str(tmp_path), "--sites", n]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1 and "at least 1" in err and "Traceback" not in err
+    assert out == "" and err.count("\n") == 1 and "at least 2" in err and "Traceback" not in err
+    assert not (tmp_path / "server").exists()
 
 
 def test_cli_refuses_overwrite(cli_main, fed: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["keys", "init", str(fed), "--clients", "1"]) == 2
+    assert cli_main(["keys", "init", str(fed), "--clients", "2"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and str(fed / "server") in err
 

@@ -91,19 +91,21 @@ def test_script_runs_every_mode_with_tls_auth_and_isolation(script):
     assert status == 0, output
     for mode in SECURE_MODES:
         assert f"{mode:7s} final accuracy" in output, output
-    commands = (folder / "commands.txt").read_text()
-    superlink = next(line for line in commands.splitlines() if "flower-superlink" in line)
+    commands = "\n".join(p.read_text() for p in sorted((folder / "kit").glob("*/commands.sh")))
+    superlink = next(line for line in commands.splitlines() if line.startswith("flower-superlink"))
     for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth",
                  "--isolation process", "--superexec-auth-secret-file"):
         assert flag in superlink
     assert "--insecure" not in superlink
-    supernodes = [line for line in commands.splitlines() if "flower-supernode" in line]
+    supernodes = [line for line in commands.splitlines() if line.startswith("flower-supernode")]
     assert len(supernodes) == CLIENTS
     for line in supernodes:
         for flag in ("--root-certificates", "--auth-supernode-private-key", "--node-config", "data-path=",
                      "keys-dir=", "client-id=", "--isolation process", "--superexec-auth-secret-file"):
             assert flag in line
-    assert commands.count("flwr supernode register") == CLIENTS
+    assert commands.count("flwr_json flwr supernode register") == CLIENTS
+    for mode in SECURE_MODES:
+        assert (folder / "runs" / f"{mode}-{CLIENTS}x{ROUNDS}" / "report.html").exists()  # deployed runs too
 
 
 @pytest.mark.parametrize("mode", SECURE_MODES)

@@ -33,9 +33,9 @@ def test_flwr_run_writes_the_run_and_stops_its_superlink(tmp_path):
     proc = subprocess.run(["bash", str(SCRIPT), "2", "--out", str(out), "--run-config", "num-rounds=1 local-epochs=1"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "final accuracy" in proc.stdout and f"Run folder: {out}" in proc.stdout
+    assert "final accuracy" in proc.stdout and f"Run folder: {out} (report: {out / 'report.html'})" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["clients"] == 2 and len(summary["rounds"]) == 1
+    assert summary["status"] == "finished" and summary["clients"] == 2 and len(summary["rounds"]) == 1
     assert _superlinks() <= before, "the SuperLink that flwr run spawned is still running"
 
 

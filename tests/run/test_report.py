@@ -114,11 +114,13 @@ def test_run_in_progress_and_old_records(tmp_path):
 def test_no_report_flag(tmp_path, monkeypatch, capsys):
     from common.launch import simulate as cli_simulate
 
-    def fake_child(settings, clients, folder, **kwargs):
+    def fake_child(settings, clients, folder, **kwargs):  # what the ServerApp writes (server/app.py)
         rec = records.RoundRecord(1, 0.9, 0.3, 1.0, 10, 10, 2).to_json()
         (folder / records.ROUNDS).write_text(json.dumps(rec) + "\n")
         records.atomic_write_json(folder / records.SUMMARY, {
             "rounds": [rec], "final_accuracy": 0.9, "centralized_accuracy": 0.95, "test_examples": 113})
+        if settings.report:
+            write_report(folder)
         return 0
 
     monkeypatch.setattr(cli_simulate, "run_child", fake_child)
@@ -128,3 +130,32 @@ def test_no_report_flag(tmp_path, monkeypatch, capsys):
         assert (out / REPORT).exists() == written
         text = capsys.readouterr().out
         assert ("FedSeal simulate:" in text) == (flags != ["--quiet"]) and "final accuracy" in text
+
+
+def test_what_happened_gives_every_event_a_meaning_and_no_raw_json(tmp_path):
+    from common.run.report import EVENT_TEXT, build_report, load_run
+
+    rounds = [{"round": 1, "accuracy": 0.5, "loss": 0.7, "seconds": 1.0, "bytes_up": 10, "bytes_down": 10,
+               "clients_used": 0, "rejected": [], "recovered": [], "stages": {}, "epsilon": {}}]
+    summary = {"status": "stopped", "reason": "1 rounds in a row skipped", "dataset": "breast-cancer", "clients": 3,
+               "secure_mode": "he", "num_rounds": 3, "rounds": rounds}
+    records.atomic_write_json(tmp_path / records.SUMMARY, summary)
+    audit = [{"event": "sum_decrypted", "round": 1, "client": "2", "sites": 3},
+             {"event": "replies_missing", "round": 1, "stage": "train", "count": 1, "nodes": [123],
+              "clients": ["1"]},
+             {"event": "round_skipped", "round": 1, "reason": "no site decrypted the sum"},
+             {"event": "site_unknown", "round": 1, "client": "9"},
+             {"event": "site_vanished", "round": 1, "client": "8"},  # an event this version has no text for
+             {"event": "run_stopped", "round": 1, "reason": "1 rounds in a row skipped"}]
+    (tmp_path / records.AUDIT).write_text("".join(json.dumps(a) + "\n" for a in audit))
+    page = build_report(load_run(tmp_path)).html
+    happened = page.split("<h2>What happened</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "{" not in happened and "[" not in happened  # no raw JSON or Python dicts
+    assert "site 2: site decrypted the blinded sum" in happened and "sites 3" in happened
+    assert "no reply within the round timeout (stage train; count 1; nodes 123; clients 1)" in happened
+    assert "skipped</b>: no site decrypted the sum" in happened and "site 8: site vanished" in happened
+    assert "site 9: node left out of the federation" in happened
+    assert "run was <b>stopped</b>" in happened and "stopped: it could not make progress" in page
+    audit_table = page.split("audit.jsonl", 1)[-1]
+    assert all(EVENT_TEXT[e] in page for e in ("sum_decrypted", "replies_missing", "run_stopped"))
+    assert '{"' not in audit_table

@@ -64,10 +64,10 @@ def _run_cli(args, capsys):
 def test_simulate_bad_flags_exit_2_with_one_line(args, msg, capsys, tmp_path):
     try:
         code, out, err = _run_cli(["simulate", "--out", str(tmp_path / "run"), *args], capsys)
-    except SystemExit as exc:  # argparse choices: exit 2 with usage + one error line
+    except SystemExit as exc:  # argparse choices: exit 2 with one error line, no usage
         code, err = exc.code, capsys.readouterr().err
     assert code == 2
-    assert msg in err.strip().splitlines()[-1]
+    assert len(err.strip().splitlines()) == 1 and msg in err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
 

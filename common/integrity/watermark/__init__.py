@@ -18,9 +18,13 @@ from common.integrity.watermark.api import (
     strip,
     verify,
 )
+from common.integrity.watermark.verdict import INTACT, NOT_WATERMARKED, TAMPERED
 
 __all__ = [
     "DEFAULT_K",
+    "INTACT",
+    "NOT_WATERMARKED",
+    "TAMPERED",
     "MANIFEST_KEY",
     "TensorDamage",
     "WatermarkReport",

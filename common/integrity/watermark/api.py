@@ -10,6 +10,7 @@ import numpy as np
 from common.errors import InputError
 from common.integrity.watermark import bits
 from common.integrity.watermark import layout as layout_mod
+from common.integrity.watermark import verdict as verdict_mod
 from common.integrity.watermark.codec import Check, Codec, Model
 from common.integrity.watermark.layout import Layout, TensorSpec
 
@@ -25,8 +26,10 @@ class TensorDamage:
 
 @dataclass
 class WatermarkReport:
-    """What a check found. For recover, `intact` says whether the output verifies intact, the
-    other counts describe the input, and `restored_blocks` / `unrestored` the restoration."""
+    """What a check found. `verdict` is intact, tampered, or not-watermarked-under-this-key
+    (watermark/verdict.py: too few tags hold for this key's watermark to be there). For recover,
+    `intact` says whether the output verifies intact, the other fields describe the input, and
+    `restored_blocks` / `unrestored` the restoration."""
 
     intact: bool
     total_blocks: int
@@ -34,6 +37,7 @@ class WatermarkReport:
     recoverable: bool
     tensors: dict[str, TensorDamage] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    verdict: str = verdict_mod.INTACT
     restored_blocks: int | None = None  # recover: blocks restored bit-exactly
     unrestored: dict[str, TensorDamage] | None = None  # recover: what is still tampered in the output
 
@@ -241,10 +245,13 @@ def _report(lay: Layout, found: Check, problems: list[str]) -> WatermarkReport:
         problems.append("the tensor list does not match the one that was watermarked")
     bad = int(found.bad_rows.sum() + found.bad_side.sum())
     total = lay.rows + len(lay.side)
-    if bad == total:
-        problems.append("no block verifies: wrong key or context, or the model was never watermarked")
+    verdict = verdict_mod.verdict_of(total, bad, bool(problems))
+    if verdict == verdict_mod.NOT_WATERMARKED:
+        problems.append(f"{total - bad} of {total} blocks verify: no watermark under this key and context "
+                        "(wrong key or context, or a model never watermarked)")
     return WatermarkReport(
-        intact=bad == 0 and not problems,
+        intact=verdict == verdict_mod.INTACT,
+        verdict=verdict,
         total_blocks=total,
         tampered_blocks=bad,
         recoverable=found.recoverable,
