@@ -23,6 +23,7 @@ this module only runs Flower's command-line programs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -249,11 +250,11 @@ class Deployment:
 
     def _spawn(self, name: str, cmd: list[str], home: Path, log: Path) -> Proc:
         cmd = [str(BIN / cmd[0]), *cmd[1:]]  # Flower's programs of this interpreter's environment
-        with log.open("ab") as out:
+        with log.open("ab") as out, _deferred_signals():  # a Ctrl-C lands once the process is in self.procs
             popen = start_in_new_session(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self._env(home), cwd=self.root)
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
+            proc = Proc(name, popen, log)
+            self.procs.append(proc)
         return proc
 
     def _flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
@@ -264,13 +265,14 @@ class Deployment:
         """Run several one-shot `flwr` commands at once (each costs seconds of CPU to start);
         raise DeployError naming the first that failed."""
         running = []
-        for args in commands:
-            cmd = [str(BIN / "flwr"), *args]
-            running.append((args, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                                   cwd=ROOT, env=self._env(self.coordinator / "flwr-home"),
-                                                   stdin=subprocess.DEVNULL)))
         done = []
         try:
+            with _deferred_signals():  # a Ctrl-C meanwhile lands after every process is in `running`
+                for args in commands:
+                    cmd = [str(BIN / "flwr"), *args]
+                    running.append((args, subprocess.Popen(
+                        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                        env=self._env(self.coordinator / "flwr-home"), stdin=subprocess.DEVNULL)))
             for args, popen in running:
                 what = f"`flwr {' '.join(args[:2])}`"
                 try:
@@ -473,6 +475,26 @@ def _hold_signals() -> dict:
 def _restore_signals(held: dict) -> None:
     for sig, handler in held.items():
         signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _deferred_signals():
+    """Ctrl-C and SIGTERM wait until the block is done, then raise KeyboardInterrupt: a process
+    started in the block is always recorded before the interrupt can stop the recording."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+            for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        _restore_signals(held)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _interrupt(signum, frame) -> None:
