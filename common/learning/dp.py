@@ -256,8 +256,11 @@ def train_private(model, x: np.ndarray, y: np.ndarray, *, plan: SitePlan, clip: 
 def clip_update(trained: dict[str, np.ndarray], base: dict[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:
     """base + (trained - base) scaled to L2 norm at most `clip` (over all arrays together): the
     arithmetic of Flower's compute_clip_model_update (what its fixedclipping mods do), step by step,
-    so this library stays Flower-free (tests/learning/test_dp.py checks the two agree bit for bit)."""
-    names = list(trained)
+    so this library stays Flower-free (tests/learning/test_dp.py checks the two agree bit for bit).
+    Only the averaged (floating) tensors are the update; integer and bool buffers pass unchanged."""
+    from common.learning.models import is_averaged
+
+    names = [n for n in trained if is_averaged(np.asarray(trained[n]).dtype)]
     params = [np.asarray(trained[n], dtype=np.float64) for n in names]
     bases = [np.asarray(base[n], dtype=np.float64) for n in names]
     deltas = [p - b for p, b in zip(params, bases, strict=True)]
@@ -265,4 +268,5 @@ def clip_update(trained: dict[str, np.ndarray], base: dict[str, np.ndarray], cli
     if norm > 0:  # Flower divides by the norm
         scale = min(1, clip / norm)
         params = [b + d * scale for b, d in zip(bases, deltas)]
-    return {n: p.astype(np.float32) for n, p in zip(names, params, strict=True)}
+    clipped = {n: p.astype(np.float32) for n, p in zip(names, params, strict=True)}
+    return {n: clipped.get(n, trained[n]) for n in trained}

@@ -302,3 +302,12 @@ def test_beyond_the_bound_restores_what_it_can_and_never_makes_things_worse(mark
         intact = np.repeat([b not in set(before.tensors.get(name, wm.TensorDamage([], [])).tampered_blocks)
                             for b in range(-(-marked[name].size // 64))], 64)[: marked[name].size]
         assert np.array_equal(out[name].reshape(-1)[intact], marked[name].reshape(-1)[intact])
+
+
+def test_strip_keeps_every_shape_and_dtype_0_dim_included(marked):
+    """strip() made a 0-dim float32 [1]: the sealed reply of a model with a 0-dim parameter then
+    failed the server's shape check."""
+    state = {**make_model(), "scale": np.array(1.5, dtype=np.float32), "flags": np.array([True, False])}
+    out = wm.strip(wm.embed(state, KEY, CTX))
+    assert {n: (a.shape, a.dtype) for n, a in out.items()} == {n: (a.shape, a.dtype) for n, a in state.items()}
+    assert out["scale"] == np.float32(1.5) and out["bn.num_batches_tracked"] == 123
