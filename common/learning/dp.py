@@ -193,14 +193,41 @@ def check_model(dataset: str) -> None:
     check_module(build_model(dataset), dataset)
 
 
+# What to use instead of a layer Opacus cannot train privately, by the start of its class name.
+REPLACEMENTS = {
+    "BatchNorm": "GroupNorm (or LayerNorm, InstanceNorm): BatchNorm mixes the examples of a batch",
+    "SyncBatchNorm": "GroupNorm (or LayerNorm, InstanceNorm): BatchNorm mixes the examples of a batch",
+    "LSTM": "opacus.layers.DPLSTM", "GRU": "opacus.layers.DPGRU", "RNN": "opacus.layers.DPRNN",
+    "MultiheadAttention": "opacus.layers.DPMultiheadAttention",
+}
+
+
 def check_module(model, what: str) -> None:
-    """InputError naming the layers Opacus cannot handle (ModuleValidator.validate)."""
+    """InputError, one line, naming every layer Opacus cannot train privately (its path in the
+    model and its class, found by Opacus' ModuleValidator) and what to use instead."""
+    from opacus.utils.module_utils import trainable_modules
     from opacus.validators import ModuleValidator
 
-    errors = ModuleValidator.validate(model, strict=False)
-    if errors:
-        raise InputError(f"dp: the {what} model has layers Opacus cannot train privately: "
-                         + "; ".join(str(e) for e in errors))
+    bad: dict[str, list[str]] = {}  # class name -> paths of its layers
+    for path, module in trainable_modules(model):
+        validator = ModuleValidator.VALIDATORS.get(type(module))
+        if validator is not None and validator(module):
+            bad.setdefault(type(module).__name__, []).append(repr(path) if path else "the model itself")
+    if not bad:
+        return
+    layers = ", ".join(f"{name} {' '.join(paths)}" for name, paths in bad.items())
+    advice: dict[str, list[str]] = {}  # replacement -> the classes it replaces
+    for name in bad:
+        advice.setdefault(_replacement(name), []).append(name)
+    instead = "; ".join(f"instead of {', '.join(names)} use {use}" for use, names in advice.items())
+    raise InputError(f"dp sample: the {what} model has layers Opacus cannot train privately ({layers}); {instead}")
+
+
+def _replacement(class_name: str) -> str:
+    for prefix, use in REPLACEMENTS.items():
+        if class_name.startswith(prefix):
+            return use
+    return "a layer Opacus supports (opacus.validators)"
 
 
 # --- training -----------------------------------------------------------------------------------
