@@ -45,8 +45,8 @@ _REGISTERED: dict[str, Callable[[], nn.Module]] = {}  # dataset -> builder, see 
 def register_model(dataset: str, builder: Callable[[], nn.Module]) -> None:
     """Make `build_model(dataset)` return `builder()` in this process instead of the built-in model:
     how tests run a model of another shape (BatchNorm, over 1M parameters) through the code path
-    the server and the sites use. Every process of a run must register it (tests/anymodels.py does,
-    on import by the apps' component strings)."""
+    the server and the sites use. Every process of a run must register it (tests/anymodel_apps.py
+    does when its apps' component strings are loaded)."""
     dataset_info(dataset)
     _REGISTERED[dataset] = builder
 

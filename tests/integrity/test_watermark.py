@@ -311,3 +311,13 @@ def test_strip_keeps_every_shape_and_dtype_0_dim_included(marked):
     out = wm.strip(wm.embed(state, KEY, CTX))
     assert {n: (a.shape, a.dtype) for n, a in out.items()} == {n: (a.shape, a.dtype) for n, a in state.items()}
     assert out["scale"] == np.float32(1.5) and out["bn.num_batches_tracked"] == 123
+
+
+def test_too_many_small_tensors_for_the_capacity_is_refused_in_one_line():
+    """60 BatchNorm layers beside one 64-parameter tensor: their tags need more blocks than the
+    model has. It raised a bare numpy ValueError (a traceback from `fedseal watermark`)."""
+    state = {"fc.weight": np.ones((8, 8), np.float32)}
+    for i in range(60):
+        state |= {f"bn{i}.weight": np.ones(8, np.float32), f"bn{i}.num_batches_tracked": np.array(0, np.int64)}
+    with pytest.raises(InputError, match=r"too little float32 capacity .* need \d+ blocks .* it has 1$"):
+        wm.embed(state, KEY, CTX)

@@ -199,3 +199,16 @@ def test_sealed_reply_of_a_batchnorm_model_passes_its_fragile_check(fed):
     assert bits_equal({n: a for n, a in verdict.update.arrays.items() if a.dtype == np.float32},
                       {n: a for n, a in model.items() if a.dtype == np.float32})
     assert verdict.update.arrays["net.1.num_batches_tracked"] == 0
+
+
+def test_a_model_of_many_tiny_tensors_is_not_refused_as_oversized(fed):
+    """60 BatchNorm layers of 8 channels: the .npy headers (128 bytes per tensor) outweigh the
+    values, which the size check took for a payload far larger than the model."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), *[torch.nn.BatchNorm1d(8) for _ in range(60)])
+    model = strip(get_arrays(net))
+    spec = array_spec(model)
+    verdict = check(fed, reply(sealed_by(fed, model)), spec)
+    assert verdict.accepted, verdict.reason
