@@ -211,6 +211,16 @@ def test_client_clipping_leaves_integer_buffers_out_of_the_norm_and_unchanged():
     np.testing.assert_allclose(clipped["w"], trained["w"], rtol=0, atol=1e-7)
 
 
+def test_server_noise_covers_the_updates_tensors_only():
+    """none mode hands noisy_mean the averaged (floating) tensors; the base, the published model,
+    also holds the integer buffers, which get no noise and are not part of the result."""
+    base = {**_arrays(1.0), "bn.num_batches_tracked": np.array(3, dtype=np.int64)}
+    spec = dp.parse_dp("client:1.0,0.5")
+    out = server_dp.noisy_mean(base, [Update("0", _arrays(1.1), 1), Update("1", _arrays(0.9), 1)], spec,
+                               np.random.default_rng(0))
+    assert sorted(out) == ["b", "w"] and out["w"].dtype == np.float32
+
+
 def test_client_update_clipping_and_server_noise():
     base = _arrays(1.0)
     far = _arrays(4.0)  # update of norm 3 x sqrt(14)
