@@ -3,8 +3,8 @@ the breast-cancer model, and a driver that runs them through `fedseal simulate`'
 
 - Component strings `tests.anymodel_apps:server_app` / `tests.anymodel_apps:client_app`: the
   ServerApp of server/app.py and a ClientApp whose handlers call client/app.py's, loaded after
-  this module registered the model (common.learning.models.register_model) in whichever process loads them:
-  the engine's (server) and every Ray worker's (sites). Never import this module into a process
+  this module registered the model (common.learning.models.register_model) in whichever process
+  loads them: the engine's (server) and every Ray worker's (sites). Never import this module into a process
   that must build the built-in breast-cancer model.
 - `python -m tests.anymodel_apps --secure-mode MODE --out DIR [--clients N --rounds R]`: one
   simulated run, with run_child's clean-up (common/launch/simulate.py); prints summary.json's path.
@@ -20,11 +20,11 @@ from tests.anymodels import wide_model
 
 models.register_model("breast-cancer", wide_model)
 
-from flwr.app import Context, Message  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
 
-from client import app as site  # noqa: E402  (after the registration, on purpose)
-from server.app import app as server_app  # noqa: E402
+from client import app as site  # after the registration, on purpose
+from server.app import app as server_app
 
 # Flower pickles the ClientApp to its Ray workers, its handlers by module and name: handlers of
 # this module make each worker import it, hence register the model, before client/app.py runs.
