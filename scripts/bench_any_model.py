@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
     params = sum(p.numel() for p in wide_model().parameters())
     results = {}
-    with tempfile.TemporaryDirectory(prefix="fedseal-any-model-") as tmp:
-        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            results[mode] = run_mode(mode, args, Path(tmp))
-            results[mode]["load_average"] = os.getloadavg()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="fedseal-any-model-"))  # kept if a run fails: its simulation.log
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        results[mode] = run_mode(mode, args, tmp)
+        results[mode]["load_average"] = os.getloadavg()[0]
+    shutil.rmtree(tmp)
     if args.json:
         print(json.dumps({"parameters": params, "clients": args.clients, "modes": results}))
         return 0

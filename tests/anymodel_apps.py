@@ -65,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--dp", default="")
+    parser.add_argument("--round-timeout", type=int, default=900,
+                        help="seconds to wait for the sites at each step (a shared, loaded machine is slow)")
     args = parser.parse_args(argv)
     folder = prepare_out_dir(args.out, force=False)
     settings = RunSettings(dataset="breast-cancer", num_rounds=args.rounds, local_epochs=args.local_epochs,
-                           secure_mode=args.secure_mode, min_clients=args.clients, out_dir=str(folder), dp=args.dp)
+                           secure_mode=args.secure_mode, min_clients=args.clients, out_dir=str(folder), dp=args.dp,
+                           round_timeout=args.round_timeout)
     code = run_child(settings, args.clients, folder, verbose=False, out=sys.stdout, quiet=True, apps=APPS)
     if code != 0 or not (folder / records.SUMMARY).exists():
         print(f"run failed (exit {code}); see {Path(folder) / 'simulation.log'}", file=sys.stderr)
