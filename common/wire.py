@@ -31,6 +31,9 @@ GLOBAL_RECOVERED = "global-recovered"  # METRICS: 1 if the site had to recover t
 VERIFY_SECONDS = "verify-seconds"  # METRICS: seconds the site spent verifying (recovering) the global model
 TRAIN_SECONDS = "train-seconds"  # METRICS: seconds of local training
 SEAL_SECONDS = "seal-seconds"  # METRICS: seconds spent sealing the trained weights
+EVAL_PREFIX = "eval-"  # METRICS: "eval-<metric>" = the task's metric of the received global model on the
+#   site's validation data (federated evaluation; plaintext scalars, never the update)
+EVAL_EXAMPLES = "eval-examples"  # METRICS: how many validation examples those metrics cover
 
 CHUNKS = "chunks"  # list[bytes]
 TAGS = "tags"  # list[bytes]

@@ -38,6 +38,11 @@ RUN_CONFIG_KEYS = {
     "resume": "resume",
     "dp": "dp",
     "round-timeout": "round_timeout",
+    "task": "task",
+    "features": "features",
+    "label-column": "label_column",
+    "classes": "classes",
+    "hidden": "hidden",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -74,6 +79,12 @@ class RunSettings:
             site) or "client:NOISE,CLIP[,DELTA]" (clipped updates, server noise); common/learning/dp.py.
         round_timeout (int, 300): seconds the server waits for the sites' replies at each step of
             a round; sites that do not answer in time are left out of that round.
+        task (str, ""): the task to train: a built-in (breast-cancer, digits, csv, fraud),
+            FILE.py:NAME or package.module:NAME (common/learning/task_spec.py); "" = `dataset`.
+        features (str, ""): csv task: the feature column names, comma-separated.
+        label_column (str, "label"): csv task: the column holding the class label.
+        classes (int, 2): csv task: number of classes (labels 0..classes-1).
+        hidden (str, "32"): csv task: the MLP's hidden layer sizes, comma-separated.
     """
 
     dataset: str = "breast-cancer"
@@ -93,6 +104,11 @@ class RunSettings:
     resume: bool = False
     dp: str = ""
     round_timeout: int = 300
+    task: str = ""
+    features: str = ""
+    label_column: str = "label"
+    classes: int = 2
+    hidden: str = "32"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -121,6 +137,11 @@ class RunSettings:
         if not isinstance(self.resume, bool):
             raise InputError(f"resume must be true or false, got {self.resume!r}")
         _require_int(self.round_timeout, "round-timeout", 1)
+        for key, value in (("task", self.task), ("features", self.features), ("label-column", self.label_column),
+                           ("hidden", self.hidden)):
+            if not isinstance(value, str):
+                raise InputError(f"{key} must be a string, got {value!r}")
+        _require_int(self.classes, "classes", 2)
         dp = parse_dp(self.dp)
         if self.secure_mode != "none":
             self._check_secure_mode(dp)
@@ -144,6 +165,17 @@ class RunSettings:
     def injections(self) -> tuple[Injection, ...]:
         """The parsed fault injections."""
         return parse_injections(self.inject)
+
+    @property
+    def task_spec(self) -> str:
+        """The task this run trains: `task`, or the built-in named by `dataset`."""
+        return self.task or self.dataset
+
+    @property
+    def task_config(self) -> dict[str, Any]:
+        """What the task gets as its config (Task.config)."""
+        return {"features": self.features, "label-column": self.label_column, "classes": self.classes,
+                "hidden": self.hidden, "partition": self.partition, "seed": self.seed}
 
     @property
     def dp_spec(self) -> DpSpec | None:
