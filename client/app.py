@@ -55,7 +55,7 @@ def train(msg: Message, context: Context) -> Message:
     try:  # the site's data, path and errors stay here: the server gets one line naming no path
         train_data, val_data = task.load_data(site_info(context.node_config, client_id, settings))
     except Exception as exc:
-        return refuse(msg, client_id, failed(context, "load its data", exc))
+        return refuse(msg, client_id, failed(context, "load its data", exc), **{wire.SITE_FAILED: 1})
     site_key = f"partition-{client_id}"  # seeds local training: site id = partition id, as in simulation
     fault_id = _injection_id(context.node_config, client_id)
     mode = str(config.get(wire.SECURE_MODE, "none"))
@@ -94,7 +94,8 @@ def train(msg: Message, context: Context) -> Message:
     try:
         evaluation = evaluate_received(task, model, val_data)
     except Exception as exc:
-        return refuse(msg, client_id, failed(context, "evaluate the global model on its validation data", exc))
+        return refuse(msg, client_id, failed(context, "evaluate the global model on its validation data", exc),
+                      **{wire.SITE_FAILED: 1})
 
     # Step 2c: train the task locally, seeded by (run seed, round, site).
     seed = derive_seed(settings.seed, server_round, site_key)
@@ -106,7 +107,7 @@ def train(msg: Message, context: Context) -> Message:
             loss = float(task.train(model, train_data, TrainSettings(settings.local_epochs, settings.lr,
                                                                      settings.batch_size, seed)).get("loss", math.nan))
     except Exception as exc:
-        return refuse(msg, client_id, failed(context, "train", exc))
+        return refuse(msg, client_id, failed(context, "train", exc), **{wire.SITE_FAILED: 1})
     trained = get_arrays(model)
     if dp_spec is not None and dp_spec.kind == "client":
         trained = dp.clip_update(trained, opened.values(), dp_spec.clip)
@@ -152,8 +153,8 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def refuse(msg: Message, client_id: str, reason: str, **extra: int | float) -> Message:
-    """Reply that this site refuses the round, and why (it does not train on a bad model, or its
-    DP budget is spent: `extra` then says so)."""
+    """Reply that this site refuses the round, and why (it does not train on a bad model; its DP
+    budget is spent or its own data or training failed: `extra` then says so)."""
     content = RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id, wire.REFUSED: reason, **extra})})
     return Message(content=content, reply_to=msg)
 

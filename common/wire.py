@@ -27,6 +27,7 @@ SECURE_MODE = "secure-mode"  # CONFIG: the run's secure mode (what payload the s
 SIM_KEYS_DIR = "sim-keys-dir"  # CONFIG: simulation only: where the run made its keys
 CLIENT_ID = "client-id"  # CONFIG (reply) and node config: the site's id (its seal key's name)
 REFUSED = "refused"  # CONFIG (reply): why the site refused the global model
+SITE_FAILED = "site-failed"  # CONFIG (reply): 1 when it refused because its own data, evaluation or training failed
 GLOBAL_RECOVERED = "global-recovered"  # METRICS: 1 if the site had to recover the global model
 VERIFY_SECONDS = "verify-seconds"  # METRICS: seconds the site spent verifying (recovering) the global model
 TRAIN_SECONDS = "train-seconds"  # METRICS: seconds of local training

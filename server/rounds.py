@@ -117,7 +117,7 @@ def note_refusal(ctx: RoundContext, result: RoundResult, verdict: Verdict, reply
     if (event := refusal_event(reply)) == "dp_budget_spent" and (eps := reported_epsilon(reply)) is not None:
         result.epsilon[verdict.site] = eps
     ctx.recorder.audit(event, round=ctx.server_round, client=verdict.site, reason=verdict.reason)
-    log(WARNING, "Round %d: site %s refused the global model: %s", ctx.server_round, verdict.site, verdict.reason)
+    log(WARNING, "Round %d: site %s refused the round (%s): %s", ctx.server_round, verdict.site, event, verdict.reason)
 
 
 def note_rejection(ctx: RoundContext, result: RoundResult, site: str, reason: str,

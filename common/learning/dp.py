@@ -223,6 +223,7 @@ def train_private(model, data, *, plan: SitePlan, clip: float, epochs: int, lr: 
 
     from common.learning.training import make_optimizer, seed_everything, train_epochs
 
+    model.train()  # Opacus refuses a model in eval mode (the site has just evaluated it)
     gen = seed_everything(seed)
     noise_gen = torch.Generator().manual_seed(seed ^ 0x5EED_D9)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)

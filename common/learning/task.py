@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from torch import nn
 from torch.utils.data import Dataset
 
-from common.learning.training import classification_metrics, predict
+from common.learning.training import evaluate as evaluate_loop
 from common.learning.training import train as train_loop
 
 
@@ -81,7 +81,7 @@ class Task:
         """Metrics of `model` on `data`. Default: `loss` (mean cross-entropy), `accuracy` and
         `f1_macro`, plus `roc_auc` and `pr_auc` (average precision) for two classes when both
         occur; scikit-learn's metric functions."""
-        return classification_metrics(*predict(model, data))
+        return evaluate_loop(model, data)
 
     def server_test_data(self) -> Dataset | None:
         """Data the coordinator may score the global model on (default None: it holds none)."""

@@ -127,6 +127,11 @@ def tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
                          torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
 
+def evaluate(model: nn.Module, data: Dataset) -> dict[str, float]:
+    """classification_metrics of `model` over all of `data` (Task's default evaluate)."""
+    return classification_metrics(*predict(model, data))
+
+
 def train(model: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int) -> float:
     """Train `model` in place with minibatch SGD over `data`; return the mean loss of the last epoch."""
     generator = seed_everything(seed)
