@@ -31,6 +31,8 @@ pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS, ROUNDS, SEED = 3, 1, 0  # one round per mode: each message starts a ClientApp process (~15 s)
+
+
 def _site_class_rows() -> list[int]:
     """Rows of each class in each site's CSV (what its 20 % validation hold-out is cut from)."""
     import numpy as np
