@@ -63,7 +63,9 @@ def noisy_mean(base: dict[str, np.ndarray], updates: list[Update], spec: DpSpec,
     std = compute_stdv(spec.noise, spec.clip, len(ordered))
     out = {}
     clipped = [clip_update(u.arrays, base, spec.clip) for u in ordered]
-    for name, start in base.items():
+    for name, start in base.items():  # in base order: the noise drawn for a seed stays the same
+        if name not in ordered[0].arrays:  # an integer or bool buffer: not averaged (averaged_spec)
+            continue
         start64 = np.asarray(start, dtype=np.float64)
         mean = sum(np.asarray(c[name], dtype=np.float64) - start64 for c in clipped) / len(clipped)
         out[name] = (start64 + mean + rng.normal(0.0, std, size=start64.shape)).astype(np.float32)

@@ -58,6 +58,17 @@ def simulate(*args: str, out: Path | None = None) -> subprocess.CompletedProcess
     return proc
 
 
+def simulate_model(*args: str, out: Path) -> subprocess.CompletedProcess:
+    """Run tests/anymodel_apps.py (a model of over 1M parameters with BatchNorm, FedSeal's apps)
+    with ARGS --out OUT; assert it succeeded and left no process behind."""
+    env, marker = _env()
+    cmd = [sys.executable, "-m", "tests.anymodel_apps", *args, "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + _log(out)
+    assert_no_leftovers(marker)
+    return proc
+
+
 def simulate_interrupted(*args: str, out: Path, after_round: int) -> int:
     """Start a run and send it SIGINT (Ctrl-C) as soon as `after_round` is in rounds.jsonl;
     return its exit status."""

@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, RecordDict
 from common import wire
 from common.integrity.keys import ClientKeys
 from common.integrity.seal import seal_chunks
-from common.learning.models import array_spec, flatten
+from common.learning.models import array_spec, averaged_spec, flatten
 from common.secure import he
 
 PAYLOAD_KIND = "he"  # bound into the chunk seals: an he payload cannot pass as another mode's
@@ -21,8 +21,8 @@ def build_payload(trained: dict[str, np.ndarray], base: dict[str, np.ndarray], n
                   keys: ClientKeys, seal_key: bytes, run_name: str, server_round: int) -> RecordDict:
     """The records a site returns in he mode: its update (trained - base) times its example count,
     encrypted under the federation's CKKS key (on every core for a large model), and one seal tag
-    per ciphertext."""
-    spec = array_spec(trained)
+    per ciphertext. Integer and bool buffers are not sent: they are not averaged (averaged_spec)."""
+    spec = averaged_spec(array_spec(trained))
     delta = flatten(trained, spec) - flatten(base, spec)
     chunks = he.encrypt(delta, float(num_examples), keys.he_secret_context(), workers=os.cpu_count() or 1)
     tags = seal_chunks(chunks, seal_key, run_name, server_round, keys.client_id, PAYLOAD_KIND)

@@ -21,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from common import wire
 from common.errors import InputError
 from common.integrity.keys import ClientKeys, verify_digest
-from common.learning.models import array_spec, flatten
+from common.learning.models import array_spec, averaged_spec, flatten
 from common.run import inject
 from common.run.settings import RunSettings
 from common.secure import secagg
@@ -92,7 +92,7 @@ def build_payload(context: Context, config: ConfigRecord, trained: dict[str, np.
     if len(sources) != len(blobs):
         raise InputError("forwarded shares: sources and ciphertexts differ in length")
     site.receive_shares(dict(zip(sources, blobs)))
-    spec = array_spec(trained)
+    spec = averaged_spec(array_spec(trained))  # integer and bool buffers are not averaged: not sent
     delta = flatten(trained, spec, np.float32) - flatten(base, spec, np.float32)
     upload = site.mask(delta, secagg.round_key(seal_key, run_name, server_round, client_id))
     _save(context, site)

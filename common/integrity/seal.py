@@ -55,7 +55,7 @@ def digest_arrays(arrays: dict[str, np.ndarray]) -> bytes:
     """SHA-256 over names, dtypes, shapes and bytes, in sorted name order."""
     h = hashlib.sha256(b"fedseal-model-digest-v1")
     for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name])
+        arr = np.require(arrays[name], requirements="C")  # keeps a 0-dim shape (ascontiguousarray: [1])
         header = f"{name}\0{arr.dtype.str}\0{list(arr.shape)}\0".encode()
         h.update(len(header).to_bytes(4, "big") + header)
         h.update(arr.tobytes())

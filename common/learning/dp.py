@@ -198,14 +198,41 @@ def check_task(task) -> None:
     check_module(seeded_model(task, 0), task.name)
 
 
+# What to use instead of a layer Opacus cannot train privately, by the start of its class name.
+REPLACEMENTS = {
+    "BatchNorm": "GroupNorm (or LayerNorm, InstanceNorm): BatchNorm mixes the examples of a batch",
+    "SyncBatchNorm": "GroupNorm (or LayerNorm, InstanceNorm): BatchNorm mixes the examples of a batch",
+    "LSTM": "opacus.layers.DPLSTM", "GRU": "opacus.layers.DPGRU", "RNN": "opacus.layers.DPRNN",
+    "MultiheadAttention": "opacus.layers.DPMultiheadAttention",
+}
+
+
 def check_module(model, what: str) -> None:
-    """InputError naming the layers Opacus cannot handle (ModuleValidator.validate)."""
+    """InputError, one line, naming every layer Opacus cannot train privately (its path in the
+    model and its class, found by Opacus' ModuleValidator) and what to use instead."""
+    from opacus.utils.module_utils import trainable_modules
     from opacus.validators import ModuleValidator
 
-    errors = ModuleValidator.validate(model, strict=False)
-    if errors:
-        raise InputError(f"dp: the {what} model has layers Opacus cannot train privately: "
-                         + "; ".join(str(e) for e in errors))
+    bad: dict[str, list[str]] = {}  # class name -> paths of its layers
+    for path, module in trainable_modules(model):
+        validator = ModuleValidator.VALIDATORS.get(type(module))
+        if validator is not None and validator(module):
+            bad.setdefault(type(module).__name__, []).append(repr(path) if path else "the model itself")
+    if not bad:
+        return
+    layers = ", ".join(f"{name} {' '.join(paths)}" for name, paths in bad.items())
+    advice: dict[str, list[str]] = {}  # replacement -> the classes it replaces
+    for name in bad:
+        advice.setdefault(_replacement(name), []).append(name)
+    instead = "; ".join(f"instead of {', '.join(names)} use {use}" for use, names in advice.items())
+    raise InputError(f"dp sample: the {what} model has layers Opacus cannot train privately ({layers}); {instead}")
+
+
+def _replacement(class_name: str) -> str:
+    for prefix, use in REPLACEMENTS.items():
+        if class_name.startswith(prefix):
+            return use
+    return "a layer Opacus supports (opacus.validators)"
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -247,8 +274,11 @@ def train_private(model, data, *, plan: SitePlan, clip: float, epochs: int, lr: 
 def clip_update(trained: dict[str, np.ndarray], base: dict[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:
     """base + (trained - base) scaled to L2 norm at most `clip` (over all arrays together): the
     arithmetic of Flower's compute_clip_model_update (what its fixedclipping mods do), step by step,
-    so this library stays Flower-free (tests/learning/test_dp.py checks the two agree bit for bit)."""
-    names = list(trained)
+    so this library stays Flower-free (tests/learning/test_dp.py checks the two agree bit for bit).
+    Only the averaged (floating) tensors are the update; integer and bool buffers pass unchanged."""
+    from common.learning.models import is_averaged
+
+    names = [n for n in trained if is_averaged(np.asarray(trained[n]).dtype)]
     params = [np.asarray(trained[n], dtype=np.float64) for n in names]
     bases = [np.asarray(base[n], dtype=np.float64) for n in names]
     deltas = [p - b for p, b in zip(params, bases, strict=True)]
@@ -256,4 +286,5 @@ def clip_update(trained: dict[str, np.ndarray], base: dict[str, np.ndarray], cli
     if norm > 0:  # Flower divides by the norm
         scale = min(1, clip / norm)
         params = [b + d * scale for b, d in zip(bases, deltas)]
-    return {n: p.astype(np.float32) for n, p in zip(names, params, strict=True)}
+    clipped = {n: p.astype(np.float32) for n, p in zip(names, params, strict=True)}
+    return {n: clipped.get(n, trained[n]) for n in trained}

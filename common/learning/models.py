@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -37,9 +39,24 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x.reshape(-1, *self.image_shape)))
 
 
+_REGISTERED: dict[str, Callable[[], nn.Module]] = {}  # dataset -> builder, see register_model
+
+
+def register_model(dataset: str, builder: Callable[[], nn.Module]) -> None:
+    """Make `build_model(dataset)` return `builder()` in this process instead of the built-in model:
+    how tests run a model of another shape (BatchNorm, over 1M parameters) through the code path
+    the server and the sites use. Every process of a run must register it (tests/anymodel_apps.py
+    does when its apps' component strings are loaded)."""
+    dataset_info(dataset)
+    _REGISTERED[dataset] = builder
+
+
 def build_model(dataset: str, n_features: int | None = None, n_classes: int | None = None) -> nn.Module:
-    """The model for `dataset` (input size and classes default to the dataset's own)."""
+    """The model for `dataset` (input size and classes default to the dataset's own), or the one
+    registered for it (`register_model`)."""
     info = dataset_info(dataset)
+    if dataset in _REGISTERED and n_features is None and n_classes is None:
+        return _REGISTERED[dataset]()
     n_features = info.n_features if n_features is None else n_features
     n_classes = info.n_classes if n_classes is None else n_classes
     if info.image_shape is not None:
@@ -48,18 +65,47 @@ def build_model(dataset: str, n_features: int | None = None, n_classes: int | No
 
 
 def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:
-    """The model's parameters as named float32 numpy arrays (state_dict order)."""
-    return {k: v.detach().cpu().numpy().astype(np.float32, copy=True) for k, v in model.state_dict().items()}
+    """The model's state dict as named numpy arrays (state_dict order): floating tensors as float32
+    (what the watermark and the secure modes carry), integer and bool buffers (BatchNorm's int64
+    `num_batches_tracked`) in their own dtype; every shape kept, 0-dim included."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().cpu()
+        out[name] = value.float().numpy().copy() if value.is_floating_point() else value.numpy().copy()
+    return out
 
 
 def set_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    """Load named numpy arrays into the model (names and shapes must match exactly)."""
-    model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in arrays.items()}, strict=True)
+    """Load named numpy arrays into the model (names and shapes must match exactly; each value is
+    cast to the dtype of the model's own tensor)."""
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, strict=True)
 
 
 def array_spec(arrays: dict[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
     """{name: (shape, dtype)} of a set of arrays: what a valid reply must match."""
     return {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items()}
+
+
+def is_averaged(dtype: str | np.dtype) -> bool:
+    """Whether aggregation averages tensors of this dtype: floating ones (weights, biases, running
+    statistics) are averaged in every mode; integer and bool tensors (counters such as BatchNorm's
+    `num_batches_tracked`, flags, indices) are not: see `averaged_spec`."""
+    return np.issubdtype(np.dtype(dtype), np.floating)
+
+
+def averaged_spec(spec: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The tensors of `spec` that aggregation averages (the floating ones), in spec order. The
+    others never enter an average or a secure vector: a site's counter is not a weight, a mean of
+    flags is no flag, and an integer summed in he or masked mode would be rounded or clipped. The
+    global model keeps its own values of them (`with_kept`)."""
+    return {name: (shape, dtype) for name, (shape, dtype) in spec.items() if is_averaged(dtype)}
+
+
+def with_kept(averaged: dict[str, np.ndarray], base: dict[str, np.ndarray],
+              spec: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, np.ndarray]:
+    """A new global model in spec order: the averaged tensors from `averaged`, every other tensor
+    (integer, bool) unchanged from `base`, the model the round started from."""
+    return {name: averaged[name] if is_averaged(dtype) else base[name] for name, (_, dtype) in spec.items()}
 
 
 def param_count(spec: dict[str, tuple[tuple[int, ...], str]]) -> int:
@@ -78,6 +124,15 @@ def flatten(arrays: dict[str, np.ndarray], spec: dict[str, tuple[tuple[int, ...]
     """The arrays of `spec` as one vector of `dtype` (secure modes send one vector), tensors in
     name order: sites and server agree whatever order their dicts hold."""
     return np.concatenate([np.asarray(arrays[name], dtype=dtype).ravel() for name in sorted(spec)])
+
+
+def add_mean_update(base: dict[str, np.ndarray], spec: dict[str, tuple[tuple[int, ...], str]],
+                    mean_update: np.ndarray) -> dict[str, np.ndarray]:
+    """A secure round's new global model: `base` plus the flat mean update over the averaged
+    tensors of `spec` (the vector the sites sent: `flatten` of their averaged tensors), every
+    other tensor kept from `base`."""
+    averaged = averaged_spec(spec)
+    return with_kept(unflatten(flatten(base, averaged) + mean_update, averaged), base, spec)
 
 
 def unflatten(vector: np.ndarray, spec: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, np.ndarray]:

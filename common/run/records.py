@@ -86,10 +86,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_arrays(path: str | Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Save named arrays as safetensors, atomically, as an ordinary (not private) file."""
+    """Save named arrays as safetensors, atomically, as an ordinary (not private) file. Shapes are
+    kept exactly: a 0-dim tensor stays 0-dim (np.ascontiguousarray would make it [1])."""
     from safetensors.numpy import save
 
-    atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata))
+    atomic_write_bytes(path, save({k: np.require(v, requirements="C") for k, v in arrays.items()}, metadata=metadata))
 
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:

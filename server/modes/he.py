@@ -18,7 +18,7 @@ from flwr.common.logger import log
 from common import wire
 from common.errors import KeyFileError
 from common.integrity.seal import CHUNK_TAG_BYTES, SealError, check_chunks
-from common.learning.models import flatten, param_count, unflatten
+from common.learning.models import add_mean_update, averaged_spec, param_count
 from common.secure import he
 from server.checks import Verdict, num_examples_of, payload_bytes, refusal_of, site_of
 from server.rounds import (
@@ -50,7 +50,7 @@ class Upload:
 def run_round(ctx: RoundContext) -> RoundResult:
     """Send the global model, check and add every site's ciphertexts, decrypt the blinded sum."""
     public = ctx.keys.he_public_context()  # refuses a context that holds the secret key
-    length = param_count(ctx.spec)
+    length = param_count(averaged_spec(ctx.spec))  # integer buffers are not encrypted: not averaged
     count = he.n_chunks(length)
     messages = train_messages(ctx)
     ctx.clock.start("train", timed=False)  # the sites verify, train, encrypt and seal
@@ -92,7 +92,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
         return result
     ctx.clock.start("aggregate")
     mean_update = summed / total_examples
-    result.arrays = unflatten(flatten(ctx.base, ctx.spec) + mean_update, ctx.spec)
+    result.arrays = add_mean_update(ctx.base, ctx.spec, mean_update)
     return result
 
 

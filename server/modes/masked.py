@@ -28,7 +28,7 @@ from flwr.common.logger import log
 from common import wire
 from common.errors import FedSealError
 from common.integrity.keys import sign_digest
-from common.learning.models import flatten, param_count, unflatten
+from common.learning.models import add_mean_update, averaged_spec, param_count
 from common.secure import masking, secagg
 from server.checks import Verdict, payload_bytes, site_of
 from server.rounds import (
@@ -118,7 +118,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
     replies = send(ctx, messages, "masked train")
     ctx.clock.add_sites(site_metrics(replies))
     ctx.clock.start("check")
-    size = param_count(ctx.spec)
+    size = param_count(averaged_spec(ctx.spec))  # integer buffers are not masked: not averaged
     masked: dict[str, np.ndarray] = {}
     partners: dict[str, tuple[str, ...]] = {}
     for reply in _usable(ctx, replies, "train", node_of):
@@ -180,7 +180,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
     except secagg.ProtocolError as exc:
         _skip(ctx, result, str(exc))
         return result
-    result.arrays = unflatten(flatten(ctx.base, ctx.spec) + unmasked.mean, ctx.spec)
+    result.arrays = add_mean_update(ctx.base, ctx.spec, unmasked.mean)
     result.used = survivors
     return result
 

@@ -3,9 +3,12 @@ aggregates the accepted weights (FedAvg or a robust rule), or adds client-level 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from flwr.app import ArrayRecord
 
 from common import wire
+from common.learning.models import averaged_spec, with_kept
 from server.aggregation import Update, aggregate
 from server.checks import check_sealed_reply, payload_bytes
 from server.dp import client_dp_aggregate
@@ -53,7 +56,9 @@ def run_round(ctx: RoundContext) -> RoundResult:
     ctx.clock.start("aggregate")
     if enough(ctx, len(accepted)):
         dp_spec = settings.dp_spec
-        result.arrays = (client_dp_aggregate(dp_spec, ctx.published, accepted, settings.seed, ctx.server_round)
-                         if dp_spec is not None and dp_spec.kind == "client" else
-                         aggregate(settings.aggregator, accepted))
+        averaged = averaged_spec(ctx.spec)  # integer and bool buffers are not averaged: kept from the base
+        updates = [replace(u, arrays={name: u.arrays[name] for name in averaged}) for u in accepted]
+        new = (client_dp_aggregate(dp_spec, ctx.published, updates, settings.seed, ctx.server_round)
+               if dp_spec is not None and dp_spec.kind == "client" else aggregate(settings.aggregator, updates))
+        result.arrays = with_kept(new, ctx.base, ctx.spec)
     return result

@@ -133,3 +133,19 @@ def test_bench_watermark_prints_every_figure(capsys):
         assert field in result
     assert [f for f, _ in result["recovery_curve"]] == [0.05, 0.10, 0.15, 0.20, 0.25, 0.30]
     assert dict(result["recovery_curve"])[0.05] == 1.0
+
+
+def test_an_untouched_batchnorm_model_verifies_intact_after_watermark(tmp_path, files, capsys):
+    """A 0-dim tensor (BatchNorm's int64 num_batches_tracked) keeps its shape [] through
+    watermark -> file -> verify: it was written as [1] and every such model failed its check."""
+    from tests.anymodels import batchnorm_mlp
+
+    _, key, _, _ = files
+    torch.save(batchnorm_mlp().state_dict(), tmp_path / "bn.pt")
+    out = tmp_path / "bn.safetensors"
+    assert main(["watermark", str(tmp_path / "bn.pt"), "-o", str(out), "--key", str(key)]) == 0
+    state, _ = load_state(out)
+    assert state["net.1.num_batches_tracked"].shape == () and state["net.1.num_batches_tracked"].dtype == np.int64
+    assert state["scale"].shape == () and state["enabled"].dtype == np.bool_
+    code, report = run_json(capsys, ["verify", str(out), "--key", str(key), "--json"])
+    assert code == 0 and report["intact"] and report["problems"] == []

@@ -324,3 +324,8 @@ def test_chunk_seals_bind_round_site_kind_key_and_position(change):
         args["chunks"], args["tags"] = chunks[:4], tags[:4]
     with pytest.raises(seal.SealError):
         seal.check_chunks(**args)
+
+
+def test_digest_tells_a_0_dim_tensor_from_a_1_element_one():
+    scalar = {"bn.num_batches_tracked": np.array(7, dtype=np.int64)}
+    assert digest_arrays(scalar) != digest_arrays({"bn.num_batches_tracked": np.array([7], dtype=np.int64)})

@@ -302,3 +302,22 @@ def test_beyond_the_bound_restores_what_it_can_and_never_makes_things_worse(mark
         intact = np.repeat([b not in set(before.tensors.get(name, wm.TensorDamage([], [])).tampered_blocks)
                             for b in range(-(-marked[name].size // 64))], 64)[: marked[name].size]
         assert np.array_equal(out[name].reshape(-1)[intact], marked[name].reshape(-1)[intact])
+
+
+def test_strip_keeps_every_shape_and_dtype_0_dim_included(marked):
+    """strip() made a 0-dim float32 [1]: the sealed reply of a model with a 0-dim parameter then
+    failed the server's shape check."""
+    state = {**make_model(), "scale": np.array(1.5, dtype=np.float32), "flags": np.array([True, False])}
+    out = wm.strip(wm.embed(state, KEY, CTX))
+    assert {n: (a.shape, a.dtype) for n, a in out.items()} == {n: (a.shape, a.dtype) for n, a in state.items()}
+    assert out["scale"] == np.float32(1.5) and out["bn.num_batches_tracked"] == 123
+
+
+def test_too_many_small_tensors_for_the_capacity_is_refused_in_one_line():
+    """60 BatchNorm layers beside one 64-parameter tensor: their tags need more blocks than the
+    model has. It raised a bare numpy ValueError (a traceback from `fedseal watermark`)."""
+    state = {"fc.weight": np.ones((8, 8), np.float32)}
+    for i in range(60):
+        state |= {f"bn{i}.weight": np.ones(8, np.float32), f"bn{i}.num_batches_tracked": np.array(0, np.int64)}
+    with pytest.raises(InputError, match=r"too little float32 capacity .* need \d+ blocks .* it has 1$"):
+        wm.embed(state, KEY, CTX)

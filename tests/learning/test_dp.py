@@ -82,8 +82,40 @@ def test_simulate_flag_bad_value_is_one_line_exit_2(capsys, tmp_path):
 def test_models_are_opacus_compatible_and_an_incompatible_layer_is_refused():
     dp.check_task(builtin("breast-cancer"))
     dp.check_task(builtin("digits"))
-    with pytest.raises(InputError, match="BatchNorm"):
-        dp.check_module(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), "custom")
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)),
+                          nn.LSTM(3, 3))
+    with pytest.raises(InputError) as err:
+        dp.check_module(model, "custom")
+    text = str(err.value)
+    assert "\n" not in text and len(text) <= 300
+    assert "the custom model" in text and "BatchNorm1d '1'" in text and "BatchNorm2d '2.1'" in text
+    assert "LSTM '3'" in text and "use opacus.layers.DPLSTM" in text
+    assert "instead of BatchNorm1d, BatchNorm2d use GroupNorm" in text
+
+
+@pytest.fixture()
+def batchnorm_registered():
+    """tests/anymodels.py's BatchNorm model as the breast-cancer model of this process."""
+    from common.learning import models
+    from tests.anymodels import BatchNormMLP
+
+    saved = dict(models._REGISTERED)
+    models.register_model("breast-cancer", BatchNormMLP)
+    yield
+    models._REGISTERED.clear()
+    models._REGISTERED.update(saved)
+
+
+def test_dp_sample_refuses_a_batchnorm_model_at_start_in_one_line(batchnorm_registered, capsys, tmp_path):
+    """The check `fedseal simulate` and the ServerApp make before round 1 (check_task) sees the
+    model the run builds (check_task); the run is refused before anything starts."""
+    with pytest.raises(InputError, match="BatchNorm1d 'net.1'.*use GroupNorm"):
+        dp.check_task(builtin("breast-cancer"))
+    capsys.readouterr()
+    code = main(["simulate", "--clients", "2", "--rounds", "1", "--dp", "sample:3,1e-5", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "BatchNorm1d 'net.1'" in err[0] and "GroupNorm" in err[0]
+    assert not (tmp_path / "run").exists()
 
 
 # --- accounting ---------------------------------------------------------------------------------
@@ -169,6 +201,15 @@ def test_clip_update_is_flowers_arithmetic_bit_for_bit(scale):
     ours = dp.clip_update(trained, base, 0.5)
     for name, theirs in zip(trained, params):
         np.testing.assert_array_equal(ours[name], theirs.astype(np.float32))
+
+
+def test_client_clipping_leaves_integer_buffers_out_of_the_norm_and_unchanged():
+    base = {**_arrays(1.0), "bn.num_batches_tracked": np.array(0, dtype=np.int64)}
+    trained = {**_arrays(1.0 + 0.1 / math.sqrt(14)), "bn.num_batches_tracked": np.array(500, dtype=np.int64)}
+    clipped = dp.clip_update(trained, base, 0.5)  # the float update has norm 0.1: within the bound
+    assert list(clipped) == list(trained) and clipped["bn.num_batches_tracked"].dtype == np.int64
+    assert clipped["bn.num_batches_tracked"] == 500
+    np.testing.assert_allclose(clipped["w"], trained["w"], rtol=0, atol=1e-7)
 
 
 def test_client_update_clipping_and_server_noise():

@@ -119,3 +119,14 @@ def test_check_reply_rejects_garbled_bytes_and_error_replies():
     err = Message(Error(code=0, reason="site crashed"), reply_to=_reply(GOOD))
     verdict = check_reply(err, SPEC)
     assert not verdict.accepted and "site crashed" in verdict.reason
+
+
+def test_save_arrays_keeps_0_dim_shapes_and_every_dtype(tmp_path):
+    """np.ascontiguousarray made a 0-dim tensor [1]: a watermarked BatchNorm model then failed
+    its check after a save (`was reshaped from [] to [1]`)."""
+    arrays = {"count": np.array(5, dtype=np.int64), "scale": np.array(0.5, dtype=np.float32),
+              "flags": np.array([True, False]), "kernel": np.ones((2, 1, 3, 3), dtype=np.float32)}
+    records.save_arrays(tmp_path / "m.safetensors", arrays)
+    back = records.load_arrays(tmp_path / "m.safetensors")
+    assert {n: (a.shape, a.dtype) for n, a in back.items()} == {n: (a.shape, a.dtype) for n, a in arrays.items()}
+    assert back["count"] == 5 and back["scale"] == np.float32(0.5)

@@ -37,7 +37,7 @@ def sealed_by(fed, model, cid="1", rnd=ROUND, key=None):
 
 def reply(arrays, client_id="1", num_examples=91, global_recovered=0, metrics=None, config=None, records=None):
     content = RecordDict({
-        wire.ARRAYS: ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in arrays.items()}),
+        wire.ARRAYS: ArrayRecord({n: Array(np.require(a, requirements="C")) for n, a in arrays.items()}),
         wire.METRICS: MetricRecord(metrics if metrics is not None else
                                    {wire.NUM_EXAMPLES: num_examples, wire.TRAIN_LOSS: 0.1,
                                     wire.GLOBAL_RECOVERED: global_recovered}),
@@ -183,3 +183,32 @@ def test_recover_mode_does_not_accept_a_replay_or_a_forgery(fed, model, spec):
         verdict = check(fed, reply(arrays), spec, recover=True)
         assert not verdict.accepted and not verdict.update_recovered
         assert verdict.tampered and sum(map(len, verdict.tampered.values())) > 0
+
+
+def test_sealed_reply_of_a_batchnorm_model_passes_its_fragile_check(fed):
+    """0-dim tensors (an int64 counter, a float32 scale) and a bool buffer, as a site sends them
+    (client/app.py: get_arrays, strip, seal_update, one Array per tensor)."""
+    from tests.anymodels import batchnorm_mlp
+
+    model = strip(get_arrays(batchnorm_mlp()))
+    spec = array_spec(model)
+    assert spec["net.1.num_batches_tracked"] == ((), "int64") and spec["scale"] == ((), "float32")
+    verdict = check(fed, reply(sealed_by(fed, model)), spec)
+    assert verdict.accepted, verdict.reason
+    assert {n: (a.shape, str(a.dtype)) for n, a in verdict.update.arrays.items()} == spec
+    assert bits_equal({n: a for n, a in verdict.update.arrays.items() if a.dtype == np.float32},
+                      {n: a for n, a in model.items() if a.dtype == np.float32})
+    assert verdict.update.arrays["net.1.num_batches_tracked"] == 0
+
+
+def test_a_model_of_many_tiny_tensors_is_not_refused_as_oversized(fed):
+    """60 BatchNorm layers of 8 channels: the .npy headers (128 bytes per tensor) outweigh the
+    values, which the size check took for a payload far larger than the model."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), *[torch.nn.BatchNorm1d(8) for _ in range(60)])
+    model = strip(get_arrays(net))
+    spec = array_spec(model)
+    verdict = check(fed, reply(sealed_by(fed, model)), spec)
+    assert verdict.accepted, verdict.reason

@@ -303,7 +303,7 @@ def strip(state: dict[str, np.ndarray], k: int = DEFAULT_K) -> dict[str, np.ndar
     for name, arr in state.items():
         arr = np.asarray(arr)
         if arr.dtype == np.float32:
-            arr = (np.ascontiguousarray(arr).view(np.uint32) & mask).view(np.float32)
+            arr = (np.require(arr, requirements="C").view(np.uint32) & mask).view(np.float32)  # 0-dim stays 0-dim
         else:
             arr = arr.copy()
         out[name] = arr

@@ -232,6 +232,11 @@ def _place(layout: Layout, key: bytes) -> None:
     geometry = unit_geometry(layout.k)
     pool = keyed_permutation(key, "storage", layout.full_rows)
     header_blocks = -(-layout.header_len // layout.parity_bytes)
+    if header_blocks > layout.full_rows:
+        raise InputError(
+            f"the model has too little float32 capacity for a watermark: the tags of its {len(layout.side)} small or "
+            f"non-float32 tensors need {header_blocks} blocks of 64 float32 parameters, it has {layout.full_rows}"
+        )
     copies = min(HEADER_COPIES, max(1, layout.full_rows // (4 * header_blocks)))
     layout.header_rows = pool[: copies * header_blocks].reshape(copies, header_blocks)
     storage = pool[copies * header_blocks :]
