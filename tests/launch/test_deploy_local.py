@@ -225,6 +225,25 @@ def test_unregistered_supernode_is_refused(faults):
             stop_session(proc.popen)
 
 
+def test_a_user_task_is_deployed_and_the_coordinator_loads_no_data(faults):
+    """tests/fixtures/site_task.py, shipped in the app folder, in masked mode: the coordinator imports
+    it to build the model and never loads data; the sites score the model (federated evaluation)."""
+    handle = faults.start_run("user-task", {"secure-mode": "masked", "num-rounds": 1, "min-clients": CLIENTS,
+                                            "task": "tests.fixtures.site_task:SiteCsvTask", "seed": SEED})
+    try:
+        summary = faults.wait_run(handle, timeout=900)
+    except DeployError as exc:
+        pytest.fail(str(exc))
+    assert summary["dataset"] == "site-csv" and summary["final_accuracy"] is None
+    assert summary["centralized_accuracy"] is None and summary["server_evaluation"].startswith("deployment")
+    rounds = records.read_jsonl(handle.folder / records.ROUNDS)
+    assert rounds[0]["clients_used"] == CLIENTS and rounds[0]["accuracy"] is None
+    val = sum(n // 5 for n in (sum(SITE_CLASS_ROWS[2 * s:2 * s + 2]) for s in range(CLIENTS)))
+    assert summary["final_federated_eval"]["examples"] == val and set(rounds[0]["site_eval"]) == {"0", "1", "2"}
+    for path in handle.folder.rglob("*.json*"):
+        assert "site.csv" not in path.read_text(errors="replace"), path
+
+
 @pytest.fixture(scope="module")
 def fault_run(faults):
     """One none-mode run: site 1 tampers with its round-1 reply; site 2 is killed (SIGKILL, no
