@@ -28,7 +28,7 @@ class Blobs(Task):
     name = "blobs"
 
     def build_model(self):
-        return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        return torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
 
     def load_data(self, site):
         if site.partition_id == 2:
