@@ -1,34 +1,39 @@
 """FedSeal's ClientApp: one site's side of a round (DESIGN.md §4 steps 2-3).
 
 Verify the signed, watermarked global model (recover it if tampered, refuse it if beyond
-recovery), train locally, build the secure mode's payload (sealed weights; sealed ciphertexts,
+recovery), evaluate it on this site's validation data (federated evaluation), train the run's
+task locally, build the secure mode's payload (sealed weights; sealed ciphertexts,
 client/modes/he.py; a sealed masked vector, client/modes/masked.py), reply. The `decrypt` and
 `masked` queries are the extra steps of the he and masked modes.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
+from logging import WARNING
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
 from client.modes import he as mode_he
 from client.modes import masked as mode_masked
 from common import wire
-from common.errors import InputError
+from common.errors import InputError, local_reason
 from common.integrity import watermark
 from common.integrity.keys import ClientKeys, client_dir
 from common.integrity.seal import SealError, receive_global, seal_update
 from common.learning import dp
-from common.learning.data import dataset_info, load_csv, load_partition
-from common.learning.models import array_spec, build_model, get_arrays, set_arrays
+from common.learning.models import array_spec, get_arrays, set_arrays
+from common.learning.task import SiteInfo, Task, TrainSettings
+from common.learning.task_spec import load_task
+from common.learning.tasks import seeded_model
 from common.learning.training import derive_seed
-from common.learning.training import train as train_model
 from common.run import inject
 from common.run.settings import RunSettings
 
@@ -46,10 +51,11 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config[wire.SERVER_ROUND])
     run_name = str(config[wire.RUN_NAME])
     client_id, keys = load_site_keys(context.node_config, config)
-    try:
-        x, y = load_site_data(settings, context.node_config)
-    except InputError as exc:  # e.g. a CSV of other columns: the server hears why, by site id, never the path
-        return refuse(msg, client_id, data_problem(exc, context.node_config), **{wire.SITE_FAILED: 1})
+    task = load_task(settings.task_spec, settings.task_config)
+    try:  # the site's data, path and errors stay here: the server gets one line naming no path
+        train_data, val_data = task.load_data(site_info(context.node_config, client_id, settings))
+    except Exception as exc:
+        return refuse(msg, client_id, failed(context, "load its data", exc), **{wire.SITE_FAILED: 1})
     site_key = f"partition-{client_id}"  # seeds local training: site id = partition id, as in simulation
     fault_id = _injection_id(context.node_config, client_id)
     mode = str(config.get(wire.SECURE_MODE, "none"))
@@ -64,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
         raise inject.Vanished(f"site {client_id} vanishes in round {server_round} (injected)")
 
     # Step 2a: verify the watermark and the signature; recover or refuse.
-    model = build_model(settings.dataset)
+    model = seeded_model(task, settings.seed)
     received = {name: arr.numpy() for name, arr in msg.content[wire.ARRAYS].items()}
     if injected("tamper-global"):
         received = inject.tamper_global(received, rng("tamper-global"))
@@ -77,21 +83,31 @@ def train(msg: Message, context: Context) -> Message:
     except SealError as exc:
         return refuse(msg, client_id, exc.reason)
 
-    # Step 2b: train locally, seeded by (run seed, round, site).
+    # Step 2b: evaluate the verified global model on this site's validation data.
     verify_seconds, tick = time.perf_counter() - tick, time.perf_counter()
     dp_spec = settings.dp_spec  # --dp sample: DP-SGD within the site's budget; --dp client: clip the update
-    plan = dp.sample_plan(dp_spec, len(y), settings)
+    plan = dp.sample_plan(dp_spec, len(train_data), settings)
     if plan is not None and (spent := dp.budget_spent(dp_spec, plan, server_round)):
         return refuse(msg, client_id, spent, **{wire.DP_BUDGET_SPENT: 1,
                                                 wire.DP_EPSILON: plan.epsilon_after(server_round - 1, dp_spec.delta)})
     set_arrays(model, opened.values())
+    try:
+        evaluation = evaluate_received(task, model, val_data)
+    except Exception as exc:
+        return refuse(msg, client_id, failed(context, "evaluate the global model on its validation data", exc),
+                      **{wire.SITE_FAILED: 1})
+
+    # Step 2c: train the task locally, seeded by (run seed, round, site).
     seed = derive_seed(settings.seed, server_round, site_key)
-    if plan is not None:
-        loss = dp.train_private(model, x, y, plan=plan, clip=dp_spec.clip, epochs=settings.local_epochs,
-                                lr=settings.lr, batch_size=settings.batch_size, seed=seed)
-    else:
-        loss = train_model(model, x, y, epochs=settings.local_epochs, lr=settings.lr,
-                           batch_size=settings.batch_size, seed=seed)
+    try:
+        if plan is not None:
+            loss = dp.train_private(model, train_data, plan=plan, clip=dp_spec.clip, epochs=settings.local_epochs,
+                                    lr=settings.lr, batch_size=settings.batch_size, seed=seed)
+        else:
+            loss = float(task.train(model, train_data, TrainSettings(settings.local_epochs, settings.lr,
+                                                                     settings.batch_size, seed)).get("loss", math.nan))
+    except Exception as exc:
+        return refuse(msg, client_id, failed(context, "train", exc), **{wire.SITE_FAILED: 1})
     trained = get_arrays(model)
     if dp_spec is not None and dp_spec.kind == "client":
         trained = dp.clip_update(trained, opened.values(), dp_spec.clip)
@@ -103,7 +119,7 @@ def train(msg: Message, context: Context) -> Message:
     train_seconds, tick = time.perf_counter() - tick, time.perf_counter()
     seal_key = secrets.token_bytes(32) if injected("forge-update") else keys.seal_key
     if mode == "he":
-        payload = mode_he.build_payload(trained, opened.values(), len(y), keys, seal_key, run_name, server_round)
+        payload = mode_he.build_payload(trained, opened.values(), len(train_data), keys, seal_key, run_name, server_round)
     elif mode == "masked":
         payload = mode_masked.build_payload(context, config, trained, opened.values(), client_id, seal_key,
                                             run_name, server_round)
@@ -124,10 +140,11 @@ def train(msg: Message, context: Context) -> Message:
         payload = previous
     content = RecordDict({
         **dict(payload.items()),
-        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: int(len(y)), wire.TRAIN_LOSS: float(loss),
+        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: int(len(train_data)), wire.TRAIN_LOSS: float(loss),
                                     wire.GLOBAL_RECOVERED: int(opened.recovered), wire.VERIFY_SECONDS: verify_seconds,
                                     wire.TRAIN_SECONDS: train_seconds,
-                                    wire.SEAL_SECONDS if mode == "none" else wire.ENCRYPT_SECONDS: seal_seconds}),
+                                    wire.SEAL_SECONDS if mode == "none" else wire.ENCRYPT_SECONDS: seal_seconds,
+                                    **evaluation}),
         wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id}),
     })
     if plan is not None:
@@ -136,18 +153,10 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def refuse(msg: Message, client_id: str, reason: str, **extra: int | float) -> Message:
-    """Reply that this site refuses the round, and why (it does not train on a bad model, or its
-    DP budget is spent: `extra` then says so)."""
+    """Reply that this site refuses the round, and why (it does not train on a bad model; its DP
+    budget is spent or its own data or training failed: `extra` then says so)."""
     content = RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id, wire.REFUSED: reason, **extra})})
     return Message(content=content, reply_to=msg)
-
-
-def data_problem(exc: InputError, node_config: dict) -> str:
-    """Why this site's data cannot be used, with its local path replaced by `data-path`."""
-    text = str(exc)
-    if wire.DATA_PATH in node_config:
-        text = text.replace(str(node_config[wire.DATA_PATH]), wire.DATA_PATH)
-    return f"site data: {text}"
 
 
 def _injection_id(node_config: dict, client_id: str) -> int | None:
@@ -163,11 +172,12 @@ def masked_stage(msg: Message, context: Context) -> Message:
     """masked mode: the SecAgg+ stages around training (setup, share-keys, unmask; client/modes/masked.py)."""
     settings = RunSettings.from_run_config(context.run_config)
     client_id, keys = load_site_keys(context.node_config, msg.content[wire.CONFIG])
+
     def num_examples() -> int:
         try:
-            return len(load_site_data(settings, context.node_config)[1])
-        except InputError as exc:  # the server hears why, never this site's local path
-            raise InputError(data_problem(exc, context.node_config)) from None
+            return site_examples(settings, context.node_config, client_id)
+        except Exception as exc:  # the server hears why in one line, never this site's local path
+            raise InputError(failed(context, "load its data", exc)) from None
 
     return mode_masked.handle_query(msg, context, settings, client_id, keys, _injection_id(context.node_config, client_id),
                                num_examples)
@@ -212,21 +222,36 @@ def hello(msg: Message, context: Context) -> Message:
                    reply_to=msg)
 
 
-def load_site_data(settings: RunSettings, node_config: dict) -> tuple[np.ndarray, np.ndarray]:
-    """This site's (features, labels).
+def site_info(node_config: dict, client_id: str, settings: RunSettings) -> SiteInfo:
+    """What the task learns about this site: its id, its partition (simulation), its node config."""
+    simulated = wire.PARTITION_ID in node_config and wire.NUM_PARTITIONS in node_config
+    return SiteInfo(site_id=client_id,
+                    partition_id=int(node_config[wire.PARTITION_ID]) if simulated else None,
+                    num_partitions=int(node_config[wire.NUM_PARTITIONS]) if simulated else None,
+                    node_config=dict(node_config), seed=settings.seed)
 
-    Simulation: partition `partition-id` of `num-partitions` of the bundled dataset.
-    Deployment: the CSV at node config `data-path`, labels in `label-column`.
-    """
-    if wire.DATA_PATH in node_config:
-        path = str(node_config[wire.DATA_PATH])
-        label_column = str(node_config.get(wire.LABEL_COLUMN, "label"))
-        return load_csv(path, label_column, dataset_info(settings.dataset))
-    if wire.PARTITION_ID in node_config and wire.NUM_PARTITIONS in node_config:
-        pid, num = int(node_config[wire.PARTITION_ID]), int(node_config[wire.NUM_PARTITIONS])
-        return load_partition(settings.dataset, pid, num, settings.partition, settings.seed)
-    raise InputError(f"node config needs {wire.DATA_PATH!r} (deployment) or "
-                     f"{wire.PARTITION_ID!r}/{wire.NUM_PARTITIONS!r} (simulation)")
+
+def site_examples(settings: RunSettings, node_config: dict, client_id: str) -> int:
+    """How many training examples this site holds (masked mode announces it at setup)."""
+    task = load_task(settings.task_spec, settings.task_config)
+    return len(task.load_data(site_info(node_config, client_id, settings))[0])
+
+
+def evaluate_received(task: Task, model: torch.nn.Module, val_data) -> dict[str, float]:
+    """The task's metrics of the received global model on this site's validation data, as
+    reply metrics (wire.EVAL_PREFIX + name, and wire.EVAL_EXAMPLES); none without validation data."""
+    if len(val_data) == 0:
+        return {}
+    metrics = task.evaluate(model, val_data)
+    out = {wire.EVAL_PREFIX + str(name): float(value) for name, value in metrics.items()
+           if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    return {**out, wire.EVAL_EXAMPLES: int(len(val_data))}
+
+
+def failed(context: Context, what: str, exc: Exception) -> str:
+    """Log a local failure in full here; return the one line the server gets (no local path)."""
+    log(WARNING, "This site could not %s: %s: %s", what, type(exc).__name__, exc)
+    return f"site could not {what}: " + local_reason(exc, [str(v) for v in context.node_config.values()])
 
 
 def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:

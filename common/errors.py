@@ -40,3 +40,16 @@ def one_line(text: object, limit: int = REASON_LIMIT) -> str:
         lines = meaningful[-1:] or lines[-1:]
     joined = " ".join("; ".join(lines).split())
     return joined if len(joined) <= limit else joined[: limit - 3].rstrip() + "..."
+
+
+_PATH = re.compile(r"(?:~|\.{1,2})?(?:[\\/][^\s\\/'\",;:()]+)+[\\/]?")
+
+
+def local_reason(exc: BaseException, local: list[str] = ()) -> str:
+    """A site's local failure as the one line it may tell the server: the exception's type and
+    message with every local value in `local` (node config: its data path, key folder) and every
+    path-like text replaced by `<local>`, so no site path leaves the site."""
+    text = f"{type(exc).__name__}: {exc}"
+    for value in sorted((v for v in local if len(v) >= 2), key=len, reverse=True):
+        text = text.replace(value, "<local>")
+    return one_line(_PATH.sub("<local>", text))

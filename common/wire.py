@@ -20,7 +20,6 @@ NUM_EXAMPLES = "num-examples"  # METRICS: training examples used by the site (Fe
 TRAIN_LOSS = "train-loss"  # METRICS: mean training loss of the last local epoch
 DP_EPSILON = "dp-epsilon"  # METRICS (and CONFIG of a budget refusal): the site's DP-SGD epsilon so far
 DP_BUDGET_SPENT = "dp-budget-spent"  # CONFIG (reply): 1 when the site refuses because its DP budget is spent
-SITE_FAILED = "site-failed"  # CONFIG (reply): 1 when the site refuses because its own data cannot be used
 SERVER_ROUND = "server-round"  # CONFIG: the round number (1-based)
 RUN_NAME = "run-name"  # CONFIG: the run's name, bound into every watermark and seal context
 SIGNATURE = "signature"  # CONFIG: the server's Ed25519 signature over the global model's digest
@@ -28,10 +27,14 @@ SECURE_MODE = "secure-mode"  # CONFIG: the run's secure mode (what payload the s
 SIM_KEYS_DIR = "sim-keys-dir"  # CONFIG: simulation only: where the run made its keys
 CLIENT_ID = "client-id"  # CONFIG (reply) and node config: the site's id (its seal key's name)
 REFUSED = "refused"  # CONFIG (reply): why the site refused the global model
+SITE_FAILED = "site-failed"  # CONFIG (reply): 1 when it refused because its own data, evaluation or training failed
 GLOBAL_RECOVERED = "global-recovered"  # METRICS: 1 if the site had to recover the global model
 VERIFY_SECONDS = "verify-seconds"  # METRICS: seconds the site spent verifying (recovering) the global model
 TRAIN_SECONDS = "train-seconds"  # METRICS: seconds of local training
 SEAL_SECONDS = "seal-seconds"  # METRICS: seconds spent sealing the trained weights
+EVAL_PREFIX = "eval-"  # METRICS: "eval-<metric>" = the task's metric of the received global model on the
+#   site's validation data (federated evaluation; plaintext scalars, never the update)
+EVAL_EXAMPLES = "eval-examples"  # METRICS: how many validation examples those metrics cover
 
 CHUNKS = "chunks"  # list[bytes]
 TAGS = "tags"  # list[bytes]

@@ -29,7 +29,7 @@ from common.integrity.watermark import strip  # noqa: E402
 from common.learning import dp  # noqa: E402
 from common.learning.data import load_partition, load_split  # noqa: E402
 from common.learning.models import get_arrays, initial_model, set_arrays  # noqa: E402
-from common.learning.training import derive_seed, evaluate, train  # noqa: E402
+from common.learning.training import derive_seed, evaluate, tensor_dataset, train  # noqa: E402
 from common.run.settings import RunSettings  # noqa: E402
 from server.aggregation import Update, fedavg  # noqa: E402
 
@@ -50,16 +50,16 @@ def federation(settings: RunSettings, clients: int) -> dict:
             seed = derive_seed(settings.seed, server_round, f"partition-{cid}")
             kwargs = dict(epochs=settings.local_epochs, lr=settings.lr, batch_size=settings.batch_size, seed=seed)
             if plan is None:
-                train(model, x, y, **kwargs)
+                train(model, tensor_dataset(x, y), **kwargs)
             else:
-                dp.train_private(model, x, y, plan=plan, clip=spec.clip, **kwargs)
+                dp.train_private(model, tensor_dataset(x, y), plan=plan, clip=spec.clip, **kwargs)
             updates.append(Update(str(cid), strip(get_arrays(model)), len(y)))
         global_arrays = fedavg(updates)
     model = initial_model(settings.dataset, 0)
     set_arrays(model, global_arrays)
-    result = evaluate(model, split.x_test, split.y_test)
+    result = evaluate(model, tensor_dataset(split.x_test, split.y_test))
     eps = [p.epsilon_after(settings.num_rounds, spec.delta) for p in plans] if spec else []
-    return {"accuracy": result.accuracy, "loss": result.loss, "epsilon_max": max(eps) if eps else math.inf,
+    return {"accuracy": result["accuracy"], "loss": result["loss"], "epsilon_max": max(eps) if eps else math.inf,
             "noise": sorted({round(p.noise, 3) for p in plans}) if spec else [],
             "seconds": round(time.perf_counter() - started, 1)}
 

@@ -2,7 +2,8 @@
 
 For each round: prepare the global model, send it to every site, receive the replies,
 check each reply (accept / reject with an audit record), aggregate what was accepted,
-evaluate on the global test split, record the round, checkpoint.
+combine the sites' evaluations of the model they received (federated evaluation), score the new
+model where the task gives the coordinator data (simulation built-ins only), record, checkpoint.
 """
 
 from __future__ import annotations
@@ -23,17 +24,19 @@ from common.errors import FedSealError, one_line
 from common.integrity import watermark
 from common.integrity.keys import ServerKeys, init_federation, write_he_contexts
 from common.integrity.seal import global_context, publish_global
-from common.learning.data import load_split
-from common.learning.dp import check_model
-from common.learning.models import array_spec, get_arrays, initial_model, set_arrays
+from common.learning.dp import check_task
+from common.learning.models import array_spec, get_arrays
+from common.learning.task_spec import load_task
+from common.learning.tasks import centralized_reference, seeded_model
 from common.processes import peak_rss_mb
-from common.learning.training import EvalResult, centralized_reference, evaluate
+from common.run import federated_eval
 from common.run.records import AUDIT, RoundRecord, RunRecorder, published_metadata, read_jsonl
 from common.run.report import write_report
 from common.run.settings import RunSettings
 from common.run.stages import StageClock
 from server import roster as roster_mod
 from server.dp import round_epsilon, summary_fields
+from server.evaluation import score, server_data
 from server.modes import ROUNDS
 from server.rounds import RoundContext
 from server.stall import STATUS_FINISHED, STATUS_STOPPED, RunStalled, SkipCounter, stall_reason
@@ -45,9 +48,10 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config, writing the run folder."""
     settings = RunSettings.from_run_config(context.run_config)
+    task = load_task(settings.task_spec, settings.task_config)
     dp_spec = settings.dp_spec
     if dp_spec is not None and dp_spec.kind == "sample":
-        check_model(settings.dataset)  # a layer Opacus cannot train privately fails before round 1
+        check_task(task)  # a layer Opacus cannot train privately fails before round 1
     folder = resolve_out_dir(settings, context.run_id)
     recorder = RunRecorder(folder, resume=settings.resume)
     run_name = recorder.folder.name
@@ -59,7 +63,8 @@ def main(grid: Grid, context: Context) -> None:
     roster = roster_mod.Roster(list(keys.seal_keys))  # every site with keys; nodes are bound as they say who they are
     if settings.secure_mode == "he":
         keys.he_public_context()  # refuses to run with a context that holds the CKKS secret key
-    global_arrays = get_arrays(initial_model(settings.dataset, settings.seed))
+    global_arrays = get_arrays(seeded_model(task, settings.seed))
+    test_data, server_eval = server_data(task, simulation=not settings.keys_dir)
     spec = array_spec(global_arrays)
     rounds: list[RoundRecord] = []
     if settings.resume:
@@ -93,27 +98,28 @@ def main(grid: Grid, context: Context) -> None:
         if result.arrays is not None:
             global_arrays = result.arrays
 
-        # 5. Evaluate centrally, record the round, checkpoint.
+        # 5. Combine the sites' evaluations; score centrally where the coordinator has data; record, checkpoint.
         clock.start("evaluate")
-        evaluation = evaluate_global(settings.dataset, global_arrays)
+        evaluation = score(task, global_arrays, test_data) if test_data is not None else {}
         record = RoundRecord(
-            round=server_round, accuracy=evaluation.accuracy, loss=evaluation.loss,
+            round=server_round, accuracy=evaluation.get("accuracy"), loss=evaluation.get("loss"),
             seconds=round(time.perf_counter() - started, 3), bytes_up=result.bytes_up, bytes_down=result.bytes_down,
             clients_used=len(result.used), rejected=result.rejected, recovered=result.recovered,
             stages=clock.result(), sampled=len(sampled), used=sorted(result.used, key=roster_mod.site_order),
             epsilon=round_epsilon(dp_spec, server_round, result.epsilon, result.used, roster.sample_rate(settings)),
+            federated_eval=federated_eval.combine(result.evaluations), site_eval=result.evaluations,
         )
         rounds.append(record)
         recorder.checkpoint(global_arrays, server_round)
         recorder.record_round(record)
-        log(INFO, "Round %d: accuracy %.4f loss %.4f (%d sites, %.1f s)", server_round,
-            evaluation.accuracy, evaluation.loss, len(result.used), record.seconds)
+        log(INFO, "Round %d: %s (%d sites, %.1f s)", server_round, federated_eval.describe(record.federated_eval,
+            record.accuracy, record.loss), len(result.used), record.seconds)
         skips.round_done(server_round, skipped=result.arrays is None)
         if skips.stalled:  # the run cannot make progress: stop it and say why
             reason = stall_reason(skips.rounds, read_jsonl(recorder.folder / AUDIT), settings.min_clients)
             recorder.audit("run_stopped", round=server_round, reason=reason)
             recorder.progress(server_round, STATUS_STOPPED)
-            recorder.write_summary(build_summary(settings, context, rounds, None, roster, run_name,
+            recorder.write_summary(build_summary(settings, context, rounds, None, roster, run_name, task.name, server_eval,
                                                  status=STATUS_STOPPED, reason=reason))
             write_run_report(settings, recorder.folder)
             raise RunStalled(f"FedSeal run stopped: {reason}")
@@ -122,12 +128,13 @@ def main(grid: Grid, context: Context) -> None:
     recorder.progress(settings.num_rounds, "centralized reference")
     final, signature = publish_global(global_arrays, keys.watermark_key, keys.signing_key, run_name, final_round)
     recorder.save_model(final, published_metadata(final, global_context(run_name, final_round), signature,
-                                                  {"dataset": settings.dataset, "rounds": str(settings.num_rounds)}))
+                                                  {"dataset": task.name, "rounds": str(settings.num_rounds)}))
     reference = centralized_reference(
-        settings.dataset, epochs=settings.num_rounds * settings.local_epochs, lr=settings.lr,
+        task, epochs=settings.num_rounds * settings.local_epochs, lr=settings.lr,
         batch_size=settings.batch_size, seed=settings.seed,
-    )
-    recorder.write_summary(build_summary(settings, context, rounds, reference, roster, run_name))
+    ) if test_data is not None else None
+    recorder.write_summary(build_summary(settings, context, rounds, reference, roster, run_name, task.name,
+                                         server_eval))
     recorder.progress(settings.num_rounds, STATUS_FINISHED)
     write_run_report(settings, recorder.folder)
 
@@ -163,23 +170,17 @@ def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(value) for name, value in arrays.items()})
 
 
-def evaluate_global(dataset: str, arrays: dict[str, np.ndarray]) -> EvalResult:
-    """Accuracy and loss of the global model on the fixed global test split."""
-    split = load_split(dataset)
-    model = initial_model(dataset, 0)
-    set_arrays(model, arrays)
-    return evaluate(model, split.x_test, split.y_test)
-
-
 def build_summary(settings: RunSettings, context: Context, rounds: list[RoundRecord],
-                  reference: EvalResult | None, roster: roster_mod.Roster, run_name: str, *,
-                  status: str = STATUS_FINISHED, reason: str | None = None) -> dict:
-    """summary.json: how the run ended (status, and why when stopped), the settings, the final and
-    centralized accuracy (None when stopped: no reference is trained), every round."""
+                  reference: dict | None, roster: roster_mod.Roster, run_name: str, task_name: str,
+                  server_eval: str, *, status: str = STATUS_FINISHED, reason: str | None = None) -> dict:
+    """summary.json: how the run ended (status, and why when stopped), the settings, the final
+    federated evaluation, the final and centralized accuracy (null where the coordinator holds no
+    data, `server_evaluation` says why, or when stopped: no reference is trained), every round."""
     return {
         "status": status,
         **({"reason": reason} if reason else {}),
-        "dataset": settings.dataset,
+        "dataset": task_name,
+        "task": settings.task_spec,
         "clients": len(roster.sites),
         **roster.summary_fields(settings),
         "secure_mode": settings.secure_mode,
@@ -196,9 +197,11 @@ def build_summary(settings: RunSettings, context: Context, rounds: list[RoundRec
         "inject": settings.inject,
         "final_accuracy": rounds[-1].accuracy if rounds else None,
         "final_loss": rounds[-1].loss if rounds else None,
-        "centralized_accuracy": reference.accuracy if reference else None,
-        "centralized_loss": reference.loss if reference else None,
-        "test_examples": reference.num_examples if reference else None,
+        "final_federated_eval": rounds[-1].federated_eval if rounds else {},
+        "server_evaluation": server_eval,
+        "centralized_accuracy": reference.get("accuracy") if reference else None,
+        "centralized_loss": reference.get("loss") if reference else None,
+        "test_examples": reference["examples"] if reference else None,
         **summary_fields(settings.dp_spec, rounds, roster.sample_rate(settings)),
         "server_peak_rss_mb": peak_rss_mb(),  # the server's process (in simulation also Flower's SuperLink)
         "rounds": [r.to_json() for r in rounds],

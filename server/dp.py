@@ -25,7 +25,8 @@ from server.aggregation import Update
 
 def refusal_event(reply: Message) -> str:
     """The audit event of a refusal: `dp_budget_spent` when the site's DP budget is spent,
-    `site_failed` when its own data cannot be used, else `global_refused` (it refused the global model)."""
+    `site_failed` when its own data, evaluation or training failed, else `global_refused` (it
+    refused the global model)."""
     config = reply.content.get(wire.CONFIG) if not reply.has_error() else None
     if isinstance(config, ConfigRecord) and int(config.get(wire.DP_BUDGET_SPENT, 0) or 0) == 1:
         return "dp_budget_spent"

@@ -25,6 +25,7 @@ from common.run.settings import RunSettings
 from common.run.stages import StageClock
 from server.checks import Verdict
 from server.dp import refusal_event, reported_epsilon
+from server.evaluation import site_evaluation
 
 Spec = dict[str, tuple[tuple[int, ...], str]]
 FAST_POLL, FAST_POLL_SECONDS, SLOW_POLL = 0.01, 5.0, 0.1  # reply polling: seconds between pulls
@@ -59,6 +60,7 @@ class RoundResult:
     rejected: list[str] = field(default_factory=list)
     recovered: list[dict] = field(default_factory=list)
     epsilon: dict[str, float] = field(default_factory=dict)  # --dp sample: site -> epsilon it reports
+    evaluations: dict[str, dict] = field(default_factory=dict)  # site -> its federated-evaluation metrics
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -133,7 +135,7 @@ def note_refusal(ctx: RoundContext, result: RoundResult, verdict: Verdict, reply
     if (event := refusal_event(reply)) == "dp_budget_spent" and (eps := reported_epsilon(reply)) is not None:
         result.epsilon[verdict.site] = eps
     ctx.recorder.audit(event, round=ctx.server_round, client=verdict.site, reason=verdict.reason)
-    log(WARNING, "Round %d: site %s refused the round: %s", ctx.server_round, verdict.site, verdict.reason)
+    log(WARNING, "Round %d: site %s refused the round (%s): %s", ctx.server_round, verdict.site, event, verdict.reason)
 
 
 def note_rejection(ctx: RoundContext, result: RoundResult, site: str, reason: str,
@@ -145,8 +147,10 @@ def note_rejection(ctx: RoundContext, result: RoundResult, site: str, reason: st
 
 
 def note_accepted(ctx: RoundContext, result: RoundResult, verdict: Verdict, reply: Message) -> None:
-    """Record an accepted site: its reported epsilon, and whether it had to recover the global model."""
+    """Record an accepted site: its federated-evaluation metrics, its reported epsilon, and whether it had to recover the global model."""
     result.used.append(verdict.site)
+    if (evaluation := site_evaluation(reply)) is not None:
+        result.evaluations[verdict.site] = evaluation
     if (eps := reported_epsilon(reply)) is not None:
         result.epsilon[verdict.site] = eps
     if verdict.global_recovered:

@@ -37,3 +37,14 @@ def test_long_reasons_are_cut_to_the_limit():
     assert len(out) == REASON_LIMIT and out.endswith("...")
     assert one_line("short") == "short"
     assert "\n" not in one_line(RAY_TRACE * 20) and len(one_line(RAY_TRACE * 20)) <= REASON_LIMIT
+
+
+def test_local_reason_names_no_local_path():
+    from common.errors import local_reason
+
+    exc = FileNotFoundError(2, "No such file or directory", "/srv/hospital-a/patients 2024/site.csv")
+    line = local_reason(exc, ["/srv/hospital-a/patients 2024/site.csv"])
+    assert line == "FileNotFoundError: [Errno 2] No such file or directory: '<local>'"
+    relative = local_reason(ValueError("data/site.csv: only 3 rows\nsee log"), ["data/site.csv"])
+    assert relative == "ValueError: <local>: only 3 rows; see log"
+    assert "hospital" not in local_reason(OSError("cannot open C:\\\\Users\\\\hospital\\\\x.csv"))

@@ -46,9 +46,9 @@ from common.integrity import certs
 from common.integrity.keys import client_dir, init_federation, server_dir
 from common.launch import kit
 from common.launch.kit import CONNECTION, LABEL_COLUMN
-from common.learning.data import dataset_info, partition_indices, train_test_indices, write_csv
+from common.learning.data import dataset_info, feature_names, partition_indices, train_test_indices, write_csv
 from common.processes import session_members, start_in_new_session, stop_session
-from common.run import records
+from common.run import federated_eval, records
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -91,7 +91,7 @@ def write_site_csvs(dataset: str, sites: int, partition: str, seed: int, paths: 
     bunch = datasets.load_breast_cancer() if dataset == "breast-cancer" else datasets.load_digits()
     x, y = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
     train, _ = train_test_indices(y)
-    names = [str(n).replace(" ", "_") for n in bunch.feature_names]
+    names = feature_names(dataset)  # the header a site CSV of this dataset must have (checked by name)
     assert len(names) == info.n_features
     counts = []
     for path, part in zip(paths, partition_indices(y[train], sites, partition, seed)):
@@ -648,16 +648,16 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"secure-mode {mode}: STOPPED: {summary.get('reason')}")
                     results.append((mode, handle.folder, None))
                     continue
-                say(f"secure-mode {mode}: final accuracy {summary['final_accuracy']:.4f}, "
-                    f"centralized {summary['centralized_accuracy']:.4f}")
+                say(f"secure-mode {mode}: final {federated_eval.describe(summary.get('final_federated_eval') or {})}")
                 results.append((mode, handle.folder, summary))
             say("stopping every process")
         for mode, run_folder, summary in results:
             if summary is None:
                 print(f"{mode:7s} FAILED (see {run_folder} and {folder / 'coordinator'})")
             else:
-                print(f"{mode:7s} final accuracy {summary['final_accuracy']:.4f}   "
-                      f"centralized {summary['centralized_accuracy']:.4f}   Run folder: {run_folder}")
+                fed = summary.get("final_federated_eval") or {}
+                print(f"{mode:7s} final federated accuracy {fed.get('accuracy', float('nan')):.4f} over "
+                      f"{fed.get('examples', 0)} site validation examples   Run folder: {run_folder}")
         print(f"Deployment folder: {folder} ({time.monotonic() - started:.0f} s)")
         return 0 if all(summary is not None for *_, summary in results) else 1
     except FedSealError as exc:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from common.run import records
+from common.run import federated_eval, records
 
 STAGE_TEXT = {"watermark": "watermark + sign", "train": "sites verify, train, seal", "check": "check seals",
               "aggregate": "aggregate", "evaluate": "evaluate", "centralized reference": "centralized reference"}
@@ -75,7 +75,8 @@ class RichProgress:
     def round_done(self, rec: dict[str, Any]) -> None:
         style = "red" if rec.get("rejected") else "yellow" if rec.get("recovered") else "green"
         self.progress.console.print(f"[{style}]{self.line(rec)}[/]", highlight=False)
-        self.progress.update(self.task, completed=rec["round"], acc=f"{rec['accuracy']:.4f}")
+        acc = (rec.get("federated_eval") or {}).get("accuracy", rec.get("accuracy"))
+        self.progress.update(self.task, completed=rec["round"], acc=fmt(acc, 6))
 
     def tick(self) -> None:
         try:
@@ -108,17 +109,36 @@ def print_rich_table(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="FedSeal run", title_justify="left")
-    for name in ("round", "accuracy", "loss", "seconds", "KB up", "KB down", "sites", "rejected", "recovered"):
+    for name in ("round", "fed acc", "fed loss", "accuracy", "loss", "seconds", "KB up", "KB down", "sites", "rejected",
+                 "recovered"):
         table.add_column(name, justify="left" if name in ("rejected", "recovered") else "right")
     for r in summary["rounds"]:
         recovered = ", ".join(f"{x['client']}:{x['what']}" for x in r.get("recovered", []))
-        table.add_row(str(r["round"]), f"{r['accuracy']:.4f}", f"{r['loss']:.4f}", f"{r['seconds']:.1f}",
+        fed = r.get("federated_eval") or {}
+        table.add_row(str(r["round"]), fmt(fed.get("accuracy"), 0), fmt(fed.get("loss"), 0), fmt(r["accuracy"], 0),
+                      fmt(r["loss"], 0), f"{r['seconds']:.1f}",
                       f"{r['bytes_up'] / 1024:.1f}", f"{r['bytes_down'] / 1024:.1f}", str(r["clients_used"]),
                       f"[red]{', '.join(map(str, r['rejected']))}[/]" if r["rejected"] else "",
                       f"[yellow]{recovered}[/]" if recovered else "")
-    gap = 100 * (summary["final_accuracy"] - summary["centralized_accuracy"])
-    table.caption = (f"final accuracy {summary['final_accuracy']:.4f}   centralized "
-                     f"{summary['centralized_accuracy']:.4f}   difference {gap:+.2f} points   "
-                     f"({summary['test_examples']} test examples)"
-                     + (f"\n{sites_line(summary)}" if "clients_registered" in summary else ""))
+    table.caption = "\n".join(final_lines(summary))
     Console().print(table)
+
+
+def final_lines(summary: dict[str, Any]) -> list[str]:
+    """The lines under the table: how many sites took part; the final federated evaluation; final vs
+    centralized accuracy, or why the coordinator scored nothing."""
+    lines = [sites_line(summary)] if "clients_registered" in summary else []
+    if summary.get("final_federated_eval"):
+        lines.append("final " + federated_eval.describe(summary["final_federated_eval"]))
+    if summary.get("final_accuracy") is not None and summary.get("centralized_accuracy") is not None:
+        gap = 100 * (summary["final_accuracy"] - summary["centralized_accuracy"])
+        lines.append(f"final accuracy {summary['final_accuracy']:.4f}   centralized {summary['centralized_accuracy']:.4f}   "
+                     f"difference {gap:+.2f} points   ({summary['test_examples']} test examples)")
+    elif summary.get("final_accuracy") is None:
+        lines.append(f"no server-side accuracy: {summary.get('server_evaluation', 'the coordinator holds no data')}")
+    return lines
+
+
+def fmt(value: float | None, width: int) -> str:
+    return f"{value:>{width}.4f}" if value is not None else f"{'-':>{width}}"
+

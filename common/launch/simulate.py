@@ -24,8 +24,10 @@ from common import processes
 from common.errors import FedSealError, InputError
 from common.integrity.keys import MIN_SITES
 from common.launch import progress
-from common.learning.data import DATASETS, load_split
-from common.run import inject, records
+from common.learning.data import DATASETS
+from common.learning.task_spec import load_task, resolve_file
+from common.learning.tasks import BundledTask
+from common.run import federated_eval, inject, records
 from common.run.settings import AGGREGATORS, ON_TAMPER, SECURE_MODES, RunSettings
 
 LOG_NAME = "simulation.log"
@@ -53,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=d.dataset, choices=DATASETS,
                    help="bundled scikit-learn dataset: breast-cancer (569x30, MLP) or digits (1,797 8x8 images, "
                    "small CNN) [dataset]")
+    p.add_argument("--task", default=d.task, metavar="TASK",
+                   help="the task to train instead of --dataset: a built-in (breast-cancer, digits, fraud: synthetic "
+                   "bank fraud), FILE.py:NAME or package.module:NAME naming a subclass of common.task.Task [task]")
     p.add_argument("--clients", type=int, default=5,
                    help=f"number of simulated sites (>= {MIN_SITES}); the server makes keys for all and waits for all "
                    "(at most --round-timeout seconds) [clients]")
@@ -124,6 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
         min_clients=args.min_clients,
         aggregator=args.aggregator, on_tamper=args.on_tamper, inject=inject.to_text(inject.parse(args.inject)),
         dp=getattr(args, "dp", ""), round_timeout=args.round_timeout, clients=args.clients,
+        task=absolute_task(getattr(args, "task", "")),
         clients_per_round=getattr(args, "clients_per_round", 0),
         report=not getattr(args, "no_report", False),
         max_skipped_rounds=getattr(args, "max_skipped_rounds", RunSettings().max_skipped_rounds),
@@ -134,17 +140,27 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, int]:
     late = [i for i in settings.injections if i.round > args.rounds]
     if late:
         raise InputError(f"--inject {late[0]}: round {late[0].round} never runs (--rounds {args.rounds})")
-    n_train = len(load_split(settings.dataset).y_train)
-    if args.clients > n_train:
+    task = load_task(settings.task_spec, settings.task_config)
+    n_train = len(task.arrays().y_train) if isinstance(task, BundledTask) else None
+    if n_train is not None and args.clients > n_train:
         raise InputError(f"--clients {args.clients} is more than the {n_train} training examples of "
-                         f"{settings.dataset}: every site needs at least one")
+                         f"{task.name}: every site needs at least one")
     if settings.min_clients > args.clients:  # (and > clients-per-round: RunSettings refuses it)
         raise InputError(f"--min-clients {settings.min_clients} is more than --clients {args.clients}")
     if settings.dp_spec is not None and settings.dp_spec.kind == "sample":
-        from common.learning.dp import check_model
+        from common.learning.dp import check_task
 
-        check_model(settings.dataset)
+        check_task(task)
     return settings, args.clients
+
+
+def absolute_task(spec: str) -> str:
+    """A FILE.py:NAME task with its file made absolute (the run's processes may start elsewhere;
+    --resume finds it again); other specs as they are."""
+    where, sep, name = spec.rpartition(":")
+    if sep and where.endswith(".py") and (path := resolve_file(where)) is not None:
+        return f"{path}:{name}"
+    return spec
 
 
 def prepare_out_dir(out: str | None, force: bool) -> Path:
@@ -176,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         folder = prepare_out_dir(args.out, args.force)
         settings = settings.replace(out_dir=str(folder))
         records.atomic_write_json(folder / RUN_CONFIG, {"clients": clients, "run_config": settings.to_run_config()})
-        _say(args, f"FedSeal simulate: {settings.dataset}, {clients} sites, {settings.num_rounds} rounds, "
+        _say(args, f"FedSeal simulate: {settings.task_spec}, {clients} sites, {settings.num_rounds} rounds, "
              f"secure mode {settings.secure_mode}, partition {settings.partition}, seed {settings.seed} -> {folder}")
     live = sys.stdout.isatty() and not getattr(args, "quiet", False)
     display = (progress.RichProgress(folder, settings.num_rounds, lambda rec: format_progress(rec, settings.num_rounds))
@@ -312,9 +328,14 @@ def last_error(log_path: Path) -> str:
 
 
 def format_progress(rec: dict[str, Any], num_rounds: int) -> str:
-    """One progress line: round, accuracy, loss, seconds."""
-    line = (f"round {rec['round']:>3}/{num_rounds}  accuracy {rec['accuracy']:.4f}  loss {rec['loss']:.4f}  "
-            f"{rec['seconds']:6.1f} s  sites {rec['clients_used']}")
+    """One progress line: round, the server's accuracy and loss (where it has data), the federated
+    evaluation, seconds."""
+    line = f"round {rec['round']:>3}/{num_rounds}  "
+    if rec.get("accuracy") is not None:
+        line += f"accuracy {rec['accuracy']:.4f}  loss {rec['loss']:.4f}  "
+    if rec.get("federated_eval"):
+        line += federated_eval.describe(rec["federated_eval"]) + "  "
+    line += f"{rec['seconds']:6.1f} s  sites {rec['clients_used']}"
     if rec.get("rejected"):
         line += f"  rejected {','.join(map(str, rec['rejected']))}"
     if rec.get("recovered"):
@@ -325,20 +346,19 @@ def format_progress(rec: dict[str, Any], num_rounds: int) -> str:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The final table: every round, then final vs centralized accuracy."""
-    head = f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'seconds':>7}  {'KB up':>8}  {'KB down':>8}  " \
-           f"{'sites':>5}  {'rejected':>8}"
+    """The final table: every round (federated evaluation, the server's accuracy where it has
+    data), then the final federated evaluation and final vs centralized accuracy."""
+    head = f"{'round':>5}  {'fed acc':>8}  {'fed loss':>8}  {'accuracy':>8}  {'loss':>7}  {'seconds':>7}  " \
+           f"{'KB up':>8}  {'KB down':>8}  {'sites':>5}  {'rejected':>8}"
     rows = [head, "-" * len(head)]
     for r in summary["rounds"]:
-        rows.append(f"{r['round']:>5}  {r['accuracy']:>8.4f}  {r['loss']:>7.4f}  {r['seconds']:>7.1f}  "
+        fed = r.get("federated_eval") or {}
+        rows.append(f"{r['round']:>5}  {progress.fmt(fed.get('accuracy'), 8)}  {progress.fmt(fed.get('loss'), 8)}  "
+                    f"{progress.fmt(r['accuracy'], 8)}  {progress.fmt(r['loss'], 7)}  {r['seconds']:>7.1f}  "
                     f"{r['bytes_up'] / 1024:>8.1f}  {r['bytes_down'] / 1024:>8.1f}  {r['clients_used']:>5}  "
                     f"{len(r['rejected']):>8}")
     rows.append("-" * len(head))
-    if "clients_registered" in summary:
-        rows.append(progress.sites_line(summary))
-    gap = 100 * (summary["final_accuracy"] - summary["centralized_accuracy"])
-    rows.append(f"final accuracy {summary['final_accuracy']:.4f}   centralized {summary['centralized_accuracy']:.4f}   "
-                f"difference {gap:+.2f} points   ({summary['test_examples']} test examples)")
+    rows += progress.final_lines(summary)
     if summary.get("epsilon_max") is not None:
         rows.append(f"differential privacy {summary['dp']}: epsilon max {summary['epsilon_max']:.3f} per "
                     f"{summary['dp_unit']} at delta {summary['delta']:g}")

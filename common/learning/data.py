@@ -165,11 +165,23 @@ def load_partition(name: str, partition_id: int, num_sites: int, spec: str, seed
     return split.x_train[idx], split.y_train[idx]
 
 
-def load_csv(path: str | Path, label_column: str, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
+def feature_names(name: str) -> list[str]:
+    """The feature column names of bundled dataset `name` (scikit-learn's, spaces as `_`): the
+    header a site CSV of that dataset must have."""
+    from sklearn import datasets  # imported lazily: scikit-learn is slow to import
+
+    dataset_info(name)
+    bunch = datasets.load_breast_cancer() if name == "breast-cancer" else datasets.load_digits()
+    return [str(n).replace(" ", "_") for n in bunch.feature_names]
+
+
+def load_csv(path: str | Path, label_column: str, info: DatasetInfo,
+             features: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load a site's own CSV (header row; numeric features; integer labels 0..n_classes-1).
 
-    Features are standardized with the site's own statistics. Raises InputError naming the
-    file, and the line and column of the first bad value.
+    With `features`, the header must name exactly those feature columns (in any order); the
+    columns come back in the order of `features`. Features are standardized with the site's own
+    statistics. Raises InputError naming the file, and the line and column of the first bad value.
     """
     path = Path(path)
     try:
@@ -185,12 +197,13 @@ def load_csv(path: str | Path, label_column: str, info: DatasetInfo) -> tuple[np
     if label_column not in header:
         raise InputError(f"{path}: no label column {label_column!r}; columns are: {', '.join(header)}")
     label_at = header.index(label_column)
-    feature_names = [h for i, h in enumerate(header) if i != label_at]
-    if len(feature_names) != info.n_features:
+    names = [h for i, h in enumerate(header) if i != label_at]
+    order = None if features is None else _column_order(path, names, list(features))
+    if len(names) != info.n_features:
         raise InputError(
-            f"{path}: {len(feature_names)} feature columns, but dataset {info.name!r} needs {info.n_features}"
+            f"{path}: {len(names)} feature columns, but dataset {info.name!r} needs {info.n_features}"
         )
-    features, labels = [], []
+    rows_x, labels = [], []
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue  # blank line
@@ -211,13 +224,29 @@ def load_csv(path: str | Path, label_column: str, info: DatasetInfo) -> tuple[np
                 f"{path}: line {line}, column {label_column!r}: label {row[label_at]!r} "
                 f"is not an integer in 0..{info.n_classes - 1}"
             )
-        features.append(values)
+        rows_x.append(values)
         labels.append(int(label))
     if not labels:
         raise InputError(f"{path}: no data rows after the header")
-    x = np.asarray(features, dtype=np.float64)
+    x = np.asarray(rows_x, dtype=np.float64)
+    if order is not None:
+        x = x[:, order]
     (x,) = standardize(x, per_feature=info.image_shape is None)
     return x, np.asarray(labels, dtype=np.int64)
+
+
+def _column_order(path: Path, names: list[str], features: list[str]) -> list[int]:
+    """Where each of `features` sits among the CSV's feature columns `names`; InputError naming
+    the missing, unexpected or repeated columns."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    missing = [f for f in features if f not in names]
+    unexpected = [n for n in names if n not in features]
+    if repeated or missing or unexpected:
+        parts = [f"{what}: {', '.join(cols[:5])}{' ...' if len(cols) > 5 else ''}" for what, cols in
+                 (("missing", missing), ("unexpected", unexpected), ("repeated", repeated)) if cols]
+        raise InputError(f"{path}: the feature columns do not match the task's {len(features)} features ("
+                         + "; ".join(parts) + ")")
+    return [names.index(f) for f in features]
 
 
 def write_csv(path: str | Path, x: np.ndarray, y: np.ndarray, label_column: str = "label",

@@ -187,11 +187,16 @@ def client_epsilon(spec: DpSpec, rounds_done: int, sample_rate: float = 1.0) -> 
 # --- models -------------------------------------------------------------------------------------
 
 
-def check_model(dataset: str) -> None:
-    """InputError if Opacus cannot compute per-example gradients for the dataset's model."""
-    from common.learning.models import build_model
+def check_task(task) -> None:
+    """InputError if `--dp sample` cannot wrap the task: Opacus cannot compute per-example
+    gradients for its model, or the task trains with its own loop (DP-SGD replaces the default)."""
+    from common.learning.task import Task
+    from common.learning.tasks import seeded_model
 
-    check_module(build_model(dataset), dataset)
+    if type(task).train is not Task.train:
+        raise InputError(f"dp sample: task {task.name!r} trains with its own train(); DP-SGD replaces FedSeal's "
+                         "default loop, so remove the override or run without --dp sample")
+    check_module(seeded_model(task, 0), task.name)
 
 
 # What to use instead of a layer Opacus cannot train privately, by the start of its class name.
@@ -234,23 +239,22 @@ def _replacement(class_name: str) -> str:
 # --- training -----------------------------------------------------------------------------------
 
 
-def train_private(model, x: np.ndarray, y: np.ndarray, *, plan: SitePlan, clip: float, epochs: int, lr: float,
+def train_private(model, data, *, plan: SitePlan, clip: float, epochs: int, lr: float,
                   batch_size: int, seed: int) -> float:
-    """DP-SGD: Opacus' make_private wraps the model, the optimizer and the data loader (Poisson
-    sampling at plan.sample_rate); the loop itself is the plain one. Deterministic for a seed
-    (seeded sampling and noise generators). Returns the mean loss of the last epoch."""
+    """DP-SGD: Opacus' make_private wraps the model, the optimizer and the data loader over the
+    torch Dataset `data` (Poisson sampling at plan.sample_rate); the loop itself is the plain one
+    (training.train_epochs). Deterministic for a seed (seeded sampling and noise generators).
+    Returns the mean loss of the last epoch."""
     import torch
     from opacus import PrivacyEngine
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader
 
-    from common.learning.training import make_optimizer, seed_everything
+    from common.learning.training import make_optimizer, seed_everything, train_epochs
 
+    model.train()  # Opacus refuses a model in eval mode (the site has just evaluated it)
     gen = seed_everything(seed)
     noise_gen = torch.Generator().manual_seed(seed ^ 0x5EED_D9)
-    dataset = TensorDataset(torch.from_numpy(np.asarray(x, dtype=np.float32)),
-                            torch.from_numpy(np.asarray(y, dtype=np.int64)))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
     engine = PrivacyEngine(accountant="rdp")
     private_model, optimizer, private_loader = engine.make_private(
         module=model, optimizer=make_optimizer(model, lr), data_loader=loader, noise_multiplier=plan.noise,
@@ -258,21 +262,8 @@ def train_private(model, x: np.ndarray, y: np.ndarray, *, plan: SitePlan, clip: 
     )
     if not math.isclose(private_loader.sample_rate, plan.sample_rate, rel_tol=1e-12):
         raise RuntimeError(f"Opacus samples at rate {private_loader.sample_rate}, the plan counts {plan.sample_rate}")
-    loss_fn = nn.CrossEntropyLoss()
-    private_model.train()
-    last = float("nan")
     try:
-        for _ in range(epochs):
-            total, count = 0.0, 0
-            for xb, yb in private_loader:
-                optimizer.zero_grad()
-                loss = loss_fn(private_model(xb), yb)
-                loss.backward()
-                optimizer.step()
-                if len(yb):
-                    total += float(loss.detach()) * len(yb)
-                    count += len(yb)
-            last = total / max(count, 1)
+        last = train_epochs(private_model, private_loader, epochs=epochs, lr=lr, optimizer=optimizer)
     finally:
         private_model.to_standard_module()  # remove Opacus' hooks: `model` is a plain module again
     steps = sum(n for _, _, n in engine.accountant.history)

@@ -34,8 +34,8 @@ class RoundRecord:
     """One finished round, as written to rounds.jsonl and summary.json."""
 
     round: int
-    accuracy: float
-    loss: float
+    accuracy: float | None  # on the coordinator's test data; None where it holds none (see summary)
+    loss: float | None
     seconds: float
     bytes_up: int
     bytes_down: int
@@ -46,6 +46,8 @@ class RoundRecord:
     recovered: list[Any] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (common/run/stages.py)
     epsilon: dict[str, float] = field(default_factory=dict)  # --dp: site -> its epsilon after this round
+    federated_eval: dict[str, float] = field(default_factory=dict)  # {metric: weighted mean, "examples": n}
+    site_eval: dict[str, dict] = field(default_factory=dict)  # site -> its own {metric: value, "examples": n}
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

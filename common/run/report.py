@@ -164,21 +164,29 @@ def _figure(width: float, height: float, ncols: int = 1):
 
 
 def plot_learning(run: RunData) -> str:
-    """Accuracy and loss per round, with the centralized reference."""
+    """Accuracy and loss per round: the sites' federated evaluation of the model they received,
+    the coordinator's own test split where it has one, and the centralized reference."""
     fig, (acc, loss) = _figure(11, 3.6, 2)
     xs = [r["round"] for r in run.rounds]
     for ax, key, label in ((acc, "accuracy", "accuracy"), (loss, "loss", "loss")):
-        ax.plot(xs, [r[key] for r in run.rounds], "o-", color="#1f77b4", label=f"federated {label}")
+        fed = [(r["round"], (r.get("federated_eval") or {}).get(key)) for r in run.rounds]
+        fed = [(x, y) for x, y in fed if y is not None]
+        if fed:
+            ax.plot([x for x, _ in fed], [y for _, y in fed], "s-", color="#ff7f0e",
+                    label="federated evaluation (sites' validation data, model received in round)")
+        served = [r for r in run.rounds if r.get(key) is not None]
+        ax.plot([r["round"] for r in served], [r[key] for r in served], "o-", color="#1f77b4",
+                label="global model on the coordinator's test split")
         ref = run.settings.get(f"centralized_{key}")
         if isinstance(ref, (int, float)):
             ax.axhline(ref, color="#2ca02c", linestyle="--", label=f"centralized reference {ref:.4f}")
-        bad = [r for r in run.rounds if r.get("rejected")]
+        bad = [r for r in served if r.get("rejected")]
         if bad:
             ax.plot([r["round"] for r in bad], [r[key] for r in bad], "x", color="#d62728", markersize=11,
                     mew=2.5, label="round with rejected sites")
         ax.set_xlabel("round")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} on the global test split")
+        ax.set_title(label)
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -411,9 +419,14 @@ def build_report(run: RunData) -> Report:
     sec, measured = overhead(run)
     last = run.rounds[-1]
     ref = s.get("centralized_accuracy")
+    fed = last.get("federated_eval") or {}
     cards = [
-        _card(f"{last['accuracy']:.4f}", "final accuracy" + (f" (centralized {ref:.4f})"
-                                                             if isinstance(ref, (int, float)) else ""), "info"),
+        _card(f"{fed['accuracy']:.4f}" if "accuracy" in fed else "n/a",
+              f"federated accuracy ({fed.get('examples', 0)} validation examples at the sites)", "info"),
+        _card(f"{last['accuracy']:.4f}" if last.get("accuracy") is not None else "n/a",
+              "final accuracy on the coordinator's test split" + (f" (centralized {ref:.4f})"
+                                                                  if isinstance(ref, (int, float)) else "")
+              if last.get("accuracy") is not None else str(s.get("server_evaluation", "no server data")), "info"),
         _card(f"{len(run.rounds)}/{s.get('num_rounds', s.get('num-rounds', '?'))}", "rounds"
               + ("" if run.finished else " (run in progress)")
               + (" (stopped: it could not make progress)" if s.get("status") == "stopped" else ""),
@@ -471,11 +484,13 @@ def build_report(run: RunData) -> Report:
 def _rounds_table(run: RunData) -> str:
     rows, classes = [], []
     for r, sites in zip(run.rounds, round_sites(run)):
-        rows.append([r["round"], r["accuracy"], r["loss"], r["clients_used"], ", ".join(map(str, r.get("rejected", []))),
+        fed = r.get("federated_eval") or {}
+        rows.append([r["round"], fed.get("accuracy"), fed.get("loss"), r["accuracy"], r["loss"], r["clients_used"], ", ".join(map(str, r.get("rejected", []))),
                      ", ".join(f"{x.get('client')}:{x.get('what')}" for x in r.get("recovered", [])
                                if isinstance(x, dict)), sites["refused"]])
         classes.append("bad" if r.get("rejected") or sites["refused"] else "warn" if r.get("recovered") else "")
-    return _table(["round", "accuracy", "loss", "sites used", "rejected", "recovered", "refused global"], rows,
+    return _table(["round", "federated accuracy", "federated loss", "accuracy", "loss", "sites used", "rejected",
+                   "recovered", "refused global"], rows,
                   classes)
 
 

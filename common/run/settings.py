@@ -42,6 +42,11 @@ RUN_CONFIG_KEYS = {
     "clients-per-round": "clients_per_round",
     "max-skipped-rounds": "max_skipped_rounds",
     "report": "report",
+    "task": "task",
+    "features": "features",
+    "label-column": "label_column",
+    "classes": "classes",
+    "hidden": "hidden",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -87,6 +92,12 @@ class RunSettings:
             replies) the server stops the run, exits non-zero and says which sites failed and why.
         report (bool, True): the server writes report.html into the run folder when the run ends
             (simulated, `flwr run` or deployed alike).
+        task (str, ""): the task to train: a built-in (breast-cancer, digits, csv, fraud),
+            FILE.py:NAME or package.module:NAME (common/learning/task_spec.py); "" = `dataset`.
+        features (str, ""): csv task: the feature column names, comma-separated.
+        label_column (str, "label"): csv task: the column holding the class label.
+        classes (int, 2): csv task: number of classes (labels 0..classes-1).
+        hidden (str, "32"): csv task: the MLP's hidden layer sizes, comma-separated.
     """
 
     dataset: str = "breast-cancer"
@@ -110,6 +121,11 @@ class RunSettings:
     clients_per_round: int = 0
     max_skipped_rounds: int = 3
     report: bool = True
+    task: str = ""
+    features: str = ""
+    label_column: str = "label"
+    classes: int = 2
+    hidden: str = "32"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -142,6 +158,11 @@ class RunSettings:
         _require_int(self.max_skipped_rounds, "max-skipped-rounds", 1)
         if not isinstance(self.report, bool):
             raise InputError(f"report must be true or false, got {self.report!r}")
+        for key, value in (("task", self.task), ("features", self.features), ("label-column", self.label_column),
+                           ("hidden", self.hidden)):
+            if not isinstance(value, str):
+                raise InputError(f"{key} must be a string, got {value!r}")
+        _require_int(self.classes, "classes", 2)
         dp = parse_dp(self.dp)
         if self.secure_mode != "none":
             self._check_secure_mode(dp)
@@ -175,6 +196,17 @@ class RunSettings:
     def injections(self) -> tuple[Injection, ...]:
         """The parsed fault injections."""
         return parse_injections(self.inject)
+
+    @property
+    def task_spec(self) -> str:
+        """The task this run trains: `task`, or the built-in named by `dataset`."""
+        return self.task or self.dataset
+
+    @property
+    def task_config(self) -> dict[str, Any]:
+        """What the task gets as its config (Task.config)."""
+        return {"features": self.features, "label-column": self.label_column, "classes": self.classes,
+                "hidden": self.hidden, "partition": self.partition, "seed": self.seed}
 
     @property
     def dp_spec(self) -> DpSpec | None:

@@ -30,5 +30,5 @@ def test_a_site_whose_csv_has_other_columns_refuses_by_site_id_without_its_path(
     got = reply.content[wire.CONFIG]
     assert got[wire.CLIENT_ID] == "1" and got[wire.SITE_FAILED] == 1
     assert str(data) not in got[wire.REFUSED] and "hospital-secret-location" not in got[wire.REFUSED]
-    assert got[wire.REFUSED].startswith("site data: data-path: ") and "30" in got[wire.REFUSED]
+    assert got[wire.REFUSED].startswith("site could not load its data: ") and "30" in got[wire.REFUSED]
     assert refusal_event(reply) == "site_failed"

@@ -8,14 +8,14 @@ import torch
 from common.integrity import watermark as wm
 from common.learning.data import load_split
 from common.learning.models import get_arrays, initial_model, set_arrays
-from common.learning.training import train
+from common.learning.training import tensor_dataset, train
 
 
 @pytest.mark.parametrize("dataset", ["breast-cancer", "digits"])
 def test_watermark_keeps_accuracy_and_predictions(dataset):
     split = load_split(dataset)
     model = initial_model(dataset, seed=0)
-    train(model, split.x_train, split.y_train, epochs=5, lr=0.05, batch_size=32, seed=0)
+    train(model, tensor_dataset(split.x_train, split.y_train), epochs=5, lr=0.05, batch_size=32, seed=0)
     x = torch.from_numpy(split.x_test)
     with torch.no_grad():
         before = model(x).argmax(dim=1).numpy()

@@ -20,7 +20,8 @@ from common.errors import InputError
 from common.learning import dp
 from common.learning.data import load_partition, load_split
 from common.learning.models import get_arrays, initial_model, set_arrays
-from common.learning.training import evaluate
+from common.learning.tasks import builtin
+from common.learning.training import evaluate, tensor_dataset
 from common.run import records
 from common.run.records import RoundRecord
 from common.run.settings import RunSettings
@@ -79,8 +80,8 @@ def test_simulate_flag_bad_value_is_one_line_exit_2(capsys, tmp_path):
 
 
 def test_models_are_opacus_compatible_and_an_incompatible_layer_is_refused():
-    dp.check_model("breast-cancer")
-    dp.check_model("digits")
+    dp.check_task(builtin("breast-cancer"))
+    dp.check_task(builtin("digits"))
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)),
                           nn.LSTM(3, 3))
     with pytest.raises(InputError) as err:
@@ -106,10 +107,10 @@ def batchnorm_registered():
 
 
 def test_dp_sample_refuses_a_batchnorm_model_at_start_in_one_line(batchnorm_registered, capsys, tmp_path):
-    """The check `fedseal simulate` and the ServerApp make before round 1 (check_model) sees the
-    model the run builds; the run is refused before anything starts."""
+    """The check `fedseal simulate` and the ServerApp make before round 1 (check_task) sees the
+    model the run builds (check_task); the run is refused before anything starts."""
     with pytest.raises(InputError, match="BatchNorm1d 'net.1'.*use GroupNorm"):
-        dp.check_model("breast-cancer")
+        dp.check_task(builtin("breast-cancer"))
     capsys.readouterr()
     code = main(["simulate", "--clients", "2", "--rounds", "1", "--dp", "sample:3,1e-5", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -169,7 +170,7 @@ def test_dp_sgd_is_deterministic_takes_the_planned_steps_and_learns():
     models = []
     for _ in range(2):
         model = initial_model("breast-cancer", 0)
-        dp.train_private(model, x, y, plan=plan, clip=spec.clip, epochs=3, lr=0.05, batch_size=32, seed=7)
+        dp.train_private(model, tensor_dataset(x, y), plan=plan, clip=spec.clip, epochs=3, lr=0.05, batch_size=32, seed=7)
         models.append(get_arrays(model))
         assert not hasattr(model, "_module") and not any(hasattr(p, "grad_sample") and p.grad_sample is not None
                                                          for p in model.parameters())
@@ -178,7 +179,7 @@ def test_dp_sgd_is_deterministic_takes_the_planned_steps_and_learns():
     split = load_split("breast-cancer")
     model = initial_model("breast-cancer", 0)
     set_arrays(model, models[0])
-    assert evaluate(model, split.x_test, split.y_test).accuracy > 0.8
+    assert evaluate(model, tensor_dataset(split.x_test, split.y_test))["accuracy"] > 0.8
 
 
 # --- client-level -------------------------------------------------------------------------------

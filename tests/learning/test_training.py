@@ -38,10 +38,10 @@ def test_training_is_deterministic_and_learns():
     results = []
     for _ in range(2):
         model = models.initial_model("breast-cancer", 0)
-        training.train(model, x, y, epochs=3, lr=0.05, batch_size=32, seed=training.derive_seed(0, 1, "p0"))
+        training.train(model, training.tensor_dataset(x, y), epochs=3, lr=0.05, batch_size=32, seed=training.derive_seed(0, 1, "p0"))
         results.append(models.get_arrays(model))
     assert all(np.array_equal(results[0][k], results[1][k]) for k in results[0])
-    assert training.evaluate(model, split.x_test, split.y_test).accuracy > 0.9
+    assert training.evaluate(model, training.tensor_dataset(split.x_test, split.y_test))["accuracy"] > 0.9
 
 
 def test_derive_seed_differs_per_part():
@@ -69,8 +69,10 @@ def test_fedavg_weighted_in_float64_and_order_independent():
 
 
 def test_centralized_reference_learns():
-    ref = training.centralized_reference("breast-cancer", epochs=5, lr=0.05, batch_size=32, seed=0)
-    assert ref.accuracy > 0.93 and ref.num_examples == len(data.load_split("breast-cancer").y_test)
+    from common.learning.tasks import builtin, centralized_reference
+
+    ref = centralized_reference(builtin("breast-cancer"), epochs=5, lr=0.05, batch_size=32, seed=0)
+    assert ref["accuracy"] > 0.93 and ref["examples"] == len(data.load_split("breast-cancer").y_test)
 
 
 def test_flatten_is_in_name_order_and_unflatten_inverts_it():

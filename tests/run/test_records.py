@@ -26,7 +26,8 @@ def test_recorder_writes_every_record(tmp_path):
     rounds = records.read_jsonl(folder / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["rejected"] == ["7"]
     assert set(rounds[0]) == {"round", "accuracy", "loss", "seconds", "bytes_up", "bytes_down",
-                              "clients_used", "sampled", "used", "rejected", "recovered", "stages", "epsilon"}
+                              "clients_used", "sampled", "used", "rejected", "recovered", "stages", "epsilon",
+                              "federated_eval", "site_eval"}
     assert records.read_jsonl(folder / "audit.jsonl") == [{"event": "reply-rejected", "round": 2, "site": "7",
                                                           "reason": "bad"}]
     assert np.array_equal(records.load_arrays(folder / "model.safetensors")["w"], arrays["w"])

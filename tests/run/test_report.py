@@ -159,3 +159,24 @@ def test_what_happened_gives_every_event_a_meaning_and_no_raw_json(tmp_path):
     audit_table = page.split("audit.jsonl", 1)[-1]
     assert all(EVENT_TEXT[e] in page for e in ("sum_decrypted", "replies_missing", "run_stopped"))
     assert '{"' not in audit_table
+
+
+def test_report_of_a_run_whose_coordinator_holds_no_data(tmp_path):
+    """accuracy/loss null (no coordinator data): the report shows the sites' federated evaluation."""
+    fed = {"accuracy": 0.875, "loss": 0.31, "examples": 40}
+    rounds = [{"round": r, "accuracy": None, "loss": None, "seconds": 1.0, "bytes_up": 10, "bytes_down": 10,
+               "clients_used": 2, "rejected": [], "recovered": [], "federated_eval": fed,
+               "site_eval": {"0": {"accuracy": 1.0, "examples": 30}}} for r in (1, 2)]
+    (tmp_path / records.ROUNDS).write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    (tmp_path / records.AUDIT).write_text("")
+    summary = {"dataset": "blobs", "num_rounds": 2, "final_accuracy": None, "centralized_accuracy": None,
+               "final_federated_eval": fed, "server_evaluation": "deployment: the coordinator loads no data set",
+               "rounds": rounds}
+    records.atomic_write_json(tmp_path / records.SUMMARY, summary)
+    page = write_report(tmp_path).read_text()
+    assert "0.8750" in page and "federated accuracy (40 validation examples at the sites)" in page
+    assert "deployment: the coordinator loads no data set" in page
+    from common.launch.simulate import format_progress, format_table
+
+    assert "no server-side accuracy: deployment" in format_table(summary)
+    assert format_progress(rounds[0], 2).startswith("round   1/2  federated accuracy 0.8750 loss 0.3100 (40 examples)")

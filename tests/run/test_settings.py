@@ -84,20 +84,42 @@ def test_simulate_refuses_non_empty_out(tmp_path, capsys):
 def test_check_data(tmp_path, capsys):
     import numpy as np
 
+    from common.learning.data import feature_names
+
+    names = feature_names("breast-cancer")
+    labels = np.array([0, 1, 0, 1, 1, 1] * 2)
     good = tmp_path / "good.csv"
-    write_csv(good, np.random.default_rng(0).normal(size=(6, 30)), np.array([0, 1, 0, 1, 1, 1]), "diagnosis")
+    write_csv(good, np.random.default_rng(0).normal(size=(12, 30)), labels, "diagnosis", names)
     code, out, _ = _run_cli(["check-data", str(good), "--label-column", "diagnosis"], capsys)
-    assert code == 0 and "6 rows, 30 features, class counts [2, 4]" in out
+    assert code == 0 and "12 rows, 30 features, class counts [4, 8]" in out
+    reverse = tmp_path / "reverse.csv"  # the same columns in reverse order: checked by name, fine
+    write_csv(reverse, np.random.default_rng(0).normal(size=(12, 30)), labels, "diagnosis", names[::-1])
+    assert _run_cli(["check-data", str(reverse), "--label-column", "diagnosis"], capsys)[0] == 0
 
     bad = tmp_path / "bad.csv"
     bad.write_text(good.read_text().replace(good.read_text().splitlines()[2].split(",")[1], "n/a", 1))
+    anonymous = tmp_path / "anonymous.csv"
+    write_csv(anonymous, np.zeros((12, 30)), labels, "diagnosis")
+    small = tmp_path / "small.csv"
+    write_csv(small, np.zeros((4, 30)), labels[:4], "diagnosis", names)
     for args, msg in [
         ([str(tmp_path / "missing.csv")], "missing.csv: no such file"),
         ([str(good), "--label-column", "label"], "no label column 'label'"),
-        ([str(bad), "--label-column", "diagnosis"], "line 3, column 'f1': 'n/a' is not a finite number"),
+        ([str(bad), "--label-column", "diagnosis"], f"line 3, column '{names[1]}': 'n/a' is not a finite number"),
+        ([str(anonymous), "--label-column", "diagnosis"], "the feature columns do not match the task's 30 features"),
+        ([str(small), "--label-column", "diagnosis"], "only 4 rows; a site needs at least 10"),
+        ([str(good), "--task", "csv"], "--task csv needs --features"),
     ]:
         code, out, err = _run_cli(["check-data", *args], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and msg in err, err
+
+    one_class = tmp_path / "one.csv"
+    write_csv(one_class, np.random.default_rng(1).normal(size=(12, 3)), np.zeros(12, int), "y", ["a", "b", "c"])
+    code, out, err = _run_cli(["check-data", str(one_class), "--task", "csv", "--features", "c,a,b",
+                               "--label-column", "y"], capsys)
+    assert code == 0 and "12 rows, 3 features, class counts [12, 0]" in out
+    assert err.strip().splitlines() == [f"fedseal: warning: {one_class}: every row has label 0: a site with one "
+                                        "class of 2 cannot teach the model the others (check label-column)"]
 
 
 def test_real_process_exit_status_and_no_traceback(tmp_path):

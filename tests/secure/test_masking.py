@@ -80,14 +80,8 @@ def test_aggregate_error_of_the_weighted_mean_is_below_1e5(sites, examples):
 def test_aggregate_error_of_real_model_deltas():
     """Deltas of the breast-cancer MLP after local training at three sites."""
     from common.learning.data import load_partition
-    from common.learning.models import (
-        array_spec,
-        flatten,
-        get_arrays,
-        initial_model,
-        set_arrays,
-    )
-    from common.learning.training import train
+    from common.learning.models import array_spec, flatten, get_arrays, initial_model, set_arrays
+    from common.learning.training import tensor_dataset, train
 
     base = get_arrays(initial_model("breast-cancer", 0))
     spec = array_spec(base)
@@ -96,7 +90,7 @@ def test_aggregate_error_of_real_model_deltas():
         x, y = load_partition("breast-cancer", pid, 3, "iid", 0)
         model = initial_model("breast-cancer", 0)
         set_arrays(model, base)
-        train(model, x, y, epochs=5, lr=0.05, batch_size=32, seed=pid)
+        train(model, tensor_dataset(x, y), epochs=5, lr=0.05, batch_size=32, seed=pid)
         trained = get_arrays(model)
         deltas.append(flatten(trained, spec, np.float32) - flatten(base, spec, np.float32))
         counts.append(len(y))
