@@ -33,6 +33,7 @@ from common.run.stages import StageClock
 from server import roster as roster_mod
 from server.dp import round_epsilon, summary_fields
 from server.modes import ROUNDS
+from server.modes.he import check_he_context
 from server.rounds import RoundContext
 
 app = ServerApp()
@@ -54,8 +55,8 @@ def main(grid: Grid, context: Context) -> None:
     sites = settings.clients or len(connected)
     keys = load_or_make_keys(keys_root, sites, settings.clients_per_round or sites, simulation=not settings.keys_dir)
     roster = roster_mod.Roster(list(keys.seal_keys))  # every site with keys; nodes are bound as they say who they are
-    if settings.secure_mode == "he":
-        keys.he_public_context()  # refuses to run with a context that holds the CKKS secret key
+    if settings.secure_mode == "he":  # refuses a context that holds the CKKS secret key, or one too small for the cohort
+        check_he_context(keys.he_public_context(), settings.clients_per_round or len(roster.sites))
     global_arrays = get_arrays(initial_model(settings.dataset, settings.seed))
     spec = array_spec(global_arrays)
     rounds: list[RoundRecord] = []

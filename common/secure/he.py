@@ -137,6 +137,11 @@ def _split(ctx_bytes: bytes) -> tuple[bytes, int, int, bytes, bytes]:
     return kind, scale_bits, max_sites, parms_bytes, sk_bytes
 
 
+def max_sites(ctx_bytes: bytes) -> int:
+    """The most sites one sum under this context (secret or public) may hold."""
+    return _split(ctx_bytes)[2]
+
+
 def assert_no_secret(public_context_bytes: bytes) -> None:
     """Raise HEError (an InputError) unless these are well-formed FedSeal HE context bytes
     that hold no secret key. The server calls this on the context it is given."""

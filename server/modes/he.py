@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
 from common import wire
-from common.errors import KeyFileError
+from common.errors import InputError, KeyFileError
 from common.integrity.seal import CHUNK_TAG_BYTES, SealError, check_chunks
 from common.learning.models import flatten, param_count, unflatten
 from common.secure import he
@@ -45,6 +45,13 @@ class Upload:
     chunks: list[bytes]
     num_examples: int
     node_id: int
+
+
+def check_he_context(public: bytes, cohort: int) -> None:
+    """InputError unless the federation's HE context can hold the sum of a whole cohort."""
+    if cohort > (limit := he.max_sites(public)):
+        raise InputError(f"secure-mode he: the federation's HE context sums at most {limit} sites, a round's cohort "
+                         f"holds {cohort}; set clients-per-round to at most {limit}")
 
 
 def run_round(ctx: RoundContext) -> RoundResult:

@@ -173,3 +173,19 @@ def test_every_injection_is_caught_in_he_mode(runs):
     assert [r["clients_used"] for r in rounds] == [5, 3, 3]
     # The rejected sites' ciphertexts are not in the sum: the decryptor saw only accepted sites.
     assert [e["sites"] for e in audit if e["event"] == "sum_decrypted"] == [5, 3, 3]
+
+
+def test_the_he_context_must_hold_a_whole_cohort(tmp_path):
+    """A simulation sizes its HE context for the cohort (300 sites: 300); a context too small for
+    the cohort stops the run before round 1 instead of rejecting every site past its limit."""
+    from common.errors import InputError
+    from common.integrity.keys import ServerKeys, init_federation, write_he_contexts
+    from server.modes.he import check_he_context
+
+    init_federation(tmp_path / "big", 3, he_context_writer=lambda s, c: write_he_contexts(s, c, max_sites=300))
+    public = ServerKeys.load(tmp_path / "big" / "server").he_public_context()
+    assert he.max_sites(public) == 300
+    check_he_context(public, 300)
+    with pytest.raises(InputError, match="sums at most 300 sites, a round's cohort holds 301"):
+        check_he_context(public, 301)
+    assert he.max_sites(he.make_keys()[1]) == he.MAX_SITES == 128  # `fedseal keys init`: 128
