@@ -203,10 +203,26 @@ class Roster:
                    threshold if threshold is not None else default_threshold(smallest), clip)
 
 
-def check_advert(advert: Advert, round_key: bytes, run_name: str, server_round: int) -> None:
-    """Server side: raise MaskSealError unless the advert carries the site's seal for this round."""
+def check_advert(advert: Advert, round_key: bytes, run_name: str, server_round: int,
+                 accepted: list[Advert] = ()) -> None:
+    """Server side, per site: raise MaskSealError unless the advert carries the site's seal for
+    this round, ProtocolError unless it fits a roster next to the `accepted` adverts (two 32-byte
+    X25519 public keys of its own, distinct from every accepted one; examples an integer >= 1;
+    a site id not yet advertised). A bad advert leaves out its site only, never the round."""
     context = masking.round_context(run_name, server_round)
     masking.check_message(advert.tag, round_key, ADVERT, *advert.fields(context))
+    for name, key in (("mask", advert.mask_key), ("encryption", advert.enc_key)):
+        if len(key) != ss.PUBLIC_LEN:
+            raise ProtocolError(f"its {name} public key is {len(key)} bytes, an X25519 key is {ss.PUBLIC_LEN}")
+    if advert.mask_key == advert.enc_key:
+        raise ProtocolError("its two public keys are identical")
+    if isinstance(advert.examples, bool) or not isinstance(advert.examples, int) or advert.examples < 1:
+        raise ProtocolError(f"its number of examples must be an integer >= 1, got {advert.examples!r}")
+    for other in accepted:
+        if other.site == advert.site:
+            raise ProtocolError(f"site {advert.site!r} has already advertised in this round")
+        if {advert.mask_key, advert.enc_key} & {other.mask_key, other.enc_key}:
+            raise ProtocolError(f"a public key equals one of site {other.site!r}'s")
 
 
 def signed_digest(data: bytes) -> bytes:
@@ -319,7 +335,10 @@ class MaskedSite:
             if holder == self.site:
                 self.seed_shares[self.site], self.key_shares[self.site] = a, b
                 continue
-            secret = ss.agree(self.enc_private, roster.enc_keys[holder])
+            try:
+                secret = ss.agree(self.enc_private, roster.enc_keys[holder])
+            except ss.ShareError:  # a peer with an unusable key gets no shares: no pairwise mask with it
+                continue
             ciphertexts[holder] = ss.encrypt_for(secret, self.context, self.site, holder, a + b)
         out = SharesOut(ciphertexts, commitment(self.context, self.site, self.seed), b"")
         out.tag = masking.tag_message(round_key, SHARES, *shares_fields(self.context, self.site, out))
@@ -356,15 +375,20 @@ class MaskedSite:
         if self.stage != "shared":
             raise ProtocolError(f"site {self.site!r}: no shared keys to mask with in round {self.server_round}")
         roster = self._roster()
-        partners = self.partners()
+        masks = [(masking.self_mask_key(self.seed, self.context, self.site), 1)]
+        partners = []
+        for other in self.partners():
+            try:
+                agreement = ss.agree(self.mask_private, roster.mask_keys[other])
+            except ss.ShareError:  # a peer with an unusable mask key: left out, not the whole round
+                continue
+            partners.append(other)
+            masks.append((masking.pair_mask_key(agreement, self.context, self.site, other),
+                          masking.pair_sign(self.site, other)))
+        partners = tuple(partners)
         if len(partners) + 1 < roster.threshold:
             raise ProtocolError(f"site {self.site!r}: {len(partners)} neighbours left, "
                                 f"{roster.threshold - 1} needed to go on")
-        masks = [(masking.self_mask_key(self.seed, self.context, self.site), 1)]
-        for other in partners:
-            agreement = ss.agree(self.mask_private, roster.mask_keys[other])
-            masks.append((masking.pair_mask_key(agreement, self.context, self.site, other),
-                          masking.pair_sign(self.site, other)))
         vector = masking.mask_update(delta, roster.weight(self.site), roster.quantizer, masks)
         seal = masking.seal_chunks(vector, round_key)
         tag = masking.tag_message(round_key, MASKED, *upload_fields(self.context, self.site, vector.size, partners))

@@ -72,7 +72,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
         try:
             advert = secagg.Advert(site, bytes(rec[wire.MASK_KEY]), bytes(rec[wire.ENC_KEY]),
                                    int(rec[wire.NUM_EXAMPLES]), bytes(rec[wire.MASKED_TAG]))
-            secagg.check_advert(advert, key(site), ctx.run_name, ctx.server_round)
+            secagg.check_advert(advert, key(site), ctx.run_name, ctx.server_round, adverts)
         except (KeyError, TypeError, ValueError, FedSealError) as exc:
             note_rejection(ctx, result, site, f"setup: {exc}")
             continue

@@ -447,3 +447,57 @@ def test_upload_is_uint32_and_no_larger_than_float32():
     up = sites["1"].mask(deltas[1], _round_key(seal_keys, "1"))
     assert up.vector.dtype == np.uint32 and up.vector.nbytes == deltas[1].nbytes
     assert (up.vector.nbytes + len(up.seal)) / deltas[1].nbytes <= 1.001
+
+
+def _resealed(advert, key, **change):
+    """`advert` with fields changed, sealed again with the site's own round key (a hostile site)."""
+    fields = {"site": advert.site, "mask_key": advert.mask_key, "enc_key": advert.enc_key,
+              "examples": advert.examples, **change}
+    bad = secagg.Advert(**fields, tag=b"")
+    return secagg.Advert(**fields, tag=masking.tag_message(key, secagg.ADVERT, *bad.fields(CTX)))
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"examples": 0}, "examples must be an integer >= 1"),
+    ({"mask_key": b"\x01" * 7}, "7 bytes"),
+    ({"enc_key": b"\x02" * 40}, "40 bytes"),
+    ("same-pair", "two public keys are identical"),
+    ("copied", "equals one of site '0'"),
+    ("same-site", "already advertised"),
+])
+def test_a_validly_sealed_bad_advert_is_refused_for_its_site_only(change, reason):
+    seal_keys = {s: os.urandom(32) for s in "01"}
+    sites = {s: secagg.MaskedSite.start(s, RUN, ROUND) for s in "01"}
+    honest = sites["0"].advertise(_round_key(seal_keys, "0"), 5)
+    secagg.check_advert(honest, _round_key(seal_keys, "0"), RUN, ROUND, [])
+    mine = sites["1"].advertise(_round_key(seal_keys, "1"), 5)
+    key = _round_key(seal_keys, "1")
+    if change == "same-pair":
+        bad = _resealed(mine, key, enc_key=mine.mask_key)
+    elif change == "copied":
+        bad = _resealed(mine, key, mask_key=honest.enc_key)
+    elif change == "same-site":
+        bad, key = honest, _round_key(seal_keys, "0")
+    else:
+        bad = _resealed(mine, key, **change)
+    with pytest.raises(secagg.ProtocolError, match=reason):
+        secagg.check_advert(bad, key, RUN, ROUND, [honest])
+    secagg.check_advert(mine, _round_key(seal_keys, "1"), RUN, ROUND, [honest])  # the honest advert still fits
+
+
+def test_a_site_drops_a_peer_with_an_unusable_key_instead_of_failing():
+    """A roster holding a low-order (all-zero) key for one peer: the site shares with the others
+    and masks without that peer; it does not fail the round."""
+    seal_keys = {s: os.urandom(32) for s in "012"}
+    sites = {s: secagg.MaskedSite.start(s, RUN, ROUND) for s in "012"}
+    adverts = [sites[s].advertise(_round_key(seal_keys, s), 5) for s in "012"]
+    good = secagg.Roster.build(RUN, ROUND, adverts)
+    roster = secagg.Roster(RUN, ROUND, good.sites, {**good.mask_keys, "2": bytes(32)},
+                           {**good.enc_keys, "2": bytes(31) + b"\x01"}, good.examples, good.neighbours, 2)
+    out = sites["0"].share_keys(roster.to_bytes(), _round_key(seal_keys, "0"))
+    assert set(out.ciphertexts) == {"1"}
+    out1 = sites["1"].share_keys(roster.to_bytes(), _round_key(seal_keys, "1"))
+    sites["0"].receive_shares({"1": out1.ciphertexts["0"]})
+    sites["0"].key_shares["2"] = sites["0"].key_shares["1"]  # as if peer 2's shares had arrived
+    upload = sites["0"].mask(np.zeros(10, np.float32), _round_key(seal_keys, "0"))
+    assert upload.partners == ("1",)

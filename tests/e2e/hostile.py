@@ -1,0 +1,87 @@
+"""Hostile ClientApps: FedSeal's own ClientApp, with one site (partition HOSTILE) altering what it
+sends through Flower's message layer. The site holds its own keys and re-seals what it alters, so
+every seal check passes: only the server's protocol checks stand between it and the round.
+
+Each attribute below is a ClientApp component (`tests.e2e.hostile:NAME`) for
+`server.engine --client-app`; tests/simrun.py `simulate_hostile` runs one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+import client.app as fedseal
+from common import wire
+from common.secure import masking, secagg
+
+HOSTILE = 1  # the partition id of the hostile site (its site id is "1")
+
+Alter = Callable[[Message, Message, Context], Message]  # (request, honest reply, context) -> reply sent
+
+
+def _is_hostile(context: Context) -> bool:
+    return int(context.node_config.get(wire.PARTITION_ID, -1)) == HOSTILE
+
+
+def hostile_app(*, masked: Alter | None = None, train: Alter | None = None) -> ClientApp:
+    """FedSeal's ClientApp where the hostile site passes each reply through `masked` / `train`."""
+    app = ClientApp()
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        reply = fedseal.train(msg, context)
+        return train(msg, reply, context) if train and _is_hostile(context) else reply
+
+    @app.query("masked")
+    def _masked(msg: Message, context: Context) -> Message:
+        reply = fedseal.masked_stage(msg, context)
+        return masked(msg, reply, context) if masked and _is_hostile(context) else reply
+
+    @app.query("decrypt")
+    def _decrypt(msg: Message, context: Context) -> Message:
+        return fedseal.decrypt(msg, context)
+
+    return app
+
+
+def _round_key(msg: Message, context: Context, site: str | None = None) -> tuple[bytes, str, int]:
+    config = msg.content[wire.CONFIG]
+    client_id, keys = fedseal.load_site_keys(context.node_config, config)
+    run_name, server_round = str(config[wire.RUN_NAME]), int(config[wire.SERVER_ROUND])
+    return secagg.round_key(keys.seal_key, run_name, server_round, site or client_id), run_name, server_round
+
+
+def _resealed_advert(msg: Message, reply: Message, context: Context,
+                     change: Callable[[secagg.Advert, int], secagg.Advert]) -> Message:
+    """The site's setup `reply` with its advert changed by `change(advert, round)`, sealed again
+    with the site's own round key (a valid seal on a bad advert)."""
+    key, run_name, server_round = _round_key(msg, context)
+    rec = reply.content[wire.MASKED]
+    advert = secagg.Advert(str(rec[wire.CLIENT_ID]), bytes(rec[wire.MASK_KEY]), bytes(rec[wire.ENC_KEY]),
+                           int(rec[wire.NUM_EXAMPLES]), b"")
+    advert = change(advert, server_round)
+    tag = masking.tag_message(key, secagg.ADVERT, *advert.fields(masking.round_context(run_name, server_round)))
+    out = {wire.CLIENT_ID: advert.site, wire.MASK_KEY: advert.mask_key, wire.ENC_KEY: advert.enc_key,
+           wire.NUM_EXAMPLES: advert.examples, wire.MASKED_TAG: tag}
+    return Message(content=RecordDict({wire.MASKED: ConfigRecord(out)}), reply_to=msg)
+
+
+def _bad_advert(advert: secagg.Advert, server_round: int) -> secagg.Advert:
+    """Round 1: 0 examples; round 2: both public keys identical; round 3: a 7-byte mask key."""
+    if server_round == 1:
+        return secagg.Advert(advert.site, advert.mask_key, advert.enc_key, 0, b"")
+    if server_round == 2:
+        return secagg.Advert(advert.site, advert.mask_key, advert.mask_key, advert.examples, b"")
+    return secagg.Advert(advert.site, advert.mask_key[:7], advert.enc_key, advert.examples, b"")
+
+
+def _masked_bad_adverts(msg: Message, reply: Message, context: Context) -> Message:
+    if str(msg.content[wire.CONFIG][wire.MASKED_STAGE]) != wire.STAGE_SETUP:
+        return reply
+    return _resealed_advert(msg, reply, context, _bad_advert)
+
+
+bad_adverts = hostile_app(masked=_masked_bad_adverts)
