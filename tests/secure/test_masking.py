@@ -493,7 +493,7 @@ def test_a_site_drops_a_peer_with_an_unusable_key_instead_of_failing():
     adverts = [sites[s].advertise(_round_key(seal_keys, s), 5) for s in "012"]
     good = secagg.Roster.build(RUN, ROUND, adverts)
     roster = secagg.Roster(RUN, ROUND, good.sites, {**good.mask_keys, "2": bytes(32)},
-                           {**good.enc_keys, "2": bytes(31) + b"\x01"}, good.examples, good.neighbours, 2)
+                           {**good.enc_keys, "2": b"\x01" + bytes(31)}, good.examples, good.neighbours, 2)
     out = sites["0"].share_keys(roster.to_bytes(), _round_key(seal_keys, "0"))
     assert set(out.ciphertexts) == {"1"}
     out1 = sites["1"].share_keys(roster.to_bytes(), _round_key(seal_keys, "1"))
