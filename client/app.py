@@ -21,7 +21,7 @@ from client.modes import he as mode_he
 from client.modes import masked as mode_masked
 from common import wire
 from common.errors import InputError
-from common.integrity import watermark
+from common.integrity import enrol, watermark
 from common.integrity.keys import ClientKeys, client_dir
 from common.integrity.seal import SealError, receive_global, seal_update
 from common.learning import dp
@@ -154,6 +154,20 @@ def masked_stage(msg: Message, context: Context) -> Message:
     client_id, keys = load_site_keys(context.node_config, msg.content[wire.CONFIG])
     return mode_masked.handle_query(msg, context, settings, client_id, keys, _injection_id(context.node_config, client_id),
                                lambda: len(load_site_data(settings, context.node_config)[1]))
+
+
+@app.query("enrol")
+def enrol_site(msg: Message, context: Context) -> Message:
+    """Prove once per run, with this site's seal key, its site id, its node and its example count."""
+    settings = RunSettings.from_run_config(context.run_config)
+    config = msg.content[wire.CONFIG]
+    client_id, keys = load_site_keys(context.node_config, config)
+    examples = len(load_site_data(settings, context.node_config)[1])
+    tag = enrol.proof(keys.seal_key, str(config[wire.RUN_NAME]), client_id, context.node_id, examples,
+                      bytes(config[wire.NONCE]))
+    content = RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id, wire.NUM_EXAMPLES: examples,
+                                                     wire.ENROL_PROOF: tag})})
+    return Message(content=content, reply_to=msg)
 
 
 @app.query("decrypt")

@@ -68,3 +68,8 @@ SEAL, PARTNERS = "seal", "partners"  # MASKED (train reply): chunk seals; pairwi
 SURVIVORS, DROPOUTS = "survivors", "dropouts"  # CONFIG (unmask request)
 SEED_OWNERS, SEED_SHARES = "seed-owners", "seed-shares"  # MASKED (unmask reply)
 KEY_OWNERS, KEY_SHARES = "key-owners", "key-shares"
+
+# enrolment (server/enrolment.py <-> client/app.py; common/integrity/enrol.py computes)
+ENROL = "query.enrol"  # message type: a site proves its id once per run
+NONCE = "nonce"  # CONFIG (enrol request): the server's fresh nonce
+ENROL_PROOF = "enrol-proof"  # CONFIG (enrol reply): the site's proof (with CLIENT_ID and NUM_EXAMPLES)

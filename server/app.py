@@ -29,6 +29,7 @@ from common.run.records import RoundRecord, RunRecorder, published_metadata
 from common.run.settings import RunSettings
 from common.run.stages import StageClock
 from server.dp import round_epsilon, summary_fields
+from server.enrolment import Enrolment
 from server.modes import ROUNDS
 from server.rounds import RoundContext
 
@@ -57,6 +58,7 @@ def main(grid: Grid, context: Context) -> None:
     global_arrays = get_arrays(initial_model(settings.dataset, settings.seed))
     spec = array_spec(global_arrays)
     rounds: list[RoundRecord] = []
+    sites = Enrolment(settings.max_site_weight)
     if settings.resume:
         rounds, resumed = recorder.resume()
         if resumed is not None:  # None: no round finished yet, start from the initial model
@@ -81,7 +83,8 @@ def main(grid: Grid, context: Context) -> None:
             config[wire.SIM_KEYS_DIR] = str(keys_root)
         ctx = RoundContext(grid=grid, node_ids=node_ids, settings=settings, keys=keys, spec=spec, run_name=run_name,
                            server_round=server_round, published=published, base=watermark.strip(published),
-                           record=to_record(published), config=config, recorder=recorder, clock=clock)
+                           record=to_record(published), config=config, recorder=recorder, clock=clock, sites=sites)
+        ctx.node_ids = sites.admit(ctx)  # enrolled nodes only, each bound to the site it proved to be
         result = ROUNDS[settings.secure_mode](ctx)
         if result.arrays is not None:
             global_arrays = result.arrays

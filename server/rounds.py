@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from logging import WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -45,6 +46,7 @@ class RoundContext:
     config: dict  # the round's train config
     recorder: RunRecorder
     clock: StageClock
+    sites: Any = None  # server.enrolment.Enrolment: the node each site id is bound to (None: unchecked)
 
 
 @dataclass

@@ -38,6 +38,7 @@ RUN_CONFIG_KEYS = {
     "resume": "resume",
     "dp": "dp",
     "round-timeout": "round_timeout",
+    "max-site-weight": "max_site_weight",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -74,6 +75,9 @@ class RunSettings:
             site) or "client:NOISE,CLIP[,DELTA]" (clipped updates, server noise); common/learning/dp.py.
         round_timeout (int, 300): seconds the server waits for the sites' replies at each step of
             a round; sites that do not answer in time are left out of that round.
+        max_site_weight (float, 0.5): the largest FedAvg weight n / sum(n) one site may carry in a
+            round, in (0, 1]; a site above it is left out of the round and audited. Applies when
+            more than 1/max_site_weight sites take part.
     """
 
     dataset: str = "breast-cancer"
@@ -93,6 +97,7 @@ class RunSettings:
     resume: bool = False
     dp: str = ""
     round_timeout: int = 300
+    max_site_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -121,6 +126,9 @@ class RunSettings:
         if not isinstance(self.resume, bool):
             raise InputError(f"resume must be true or false, got {self.resume!r}")
         _require_int(self.round_timeout, "round-timeout", 1)
+        w = self.max_site_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and 0 < w <= 1):
+            raise InputError(f"max-site-weight must be a number in (0, 1], got {w!r}")
         dp = parse_dp(self.dp)
         if self.secure_mode != "none":
             self._check_secure_mode(dp)

@@ -21,6 +21,7 @@ from common.integrity.seal import CHUNK_TAG_BYTES, SealError, check_chunks
 from common.learning.models import flatten, param_count, unflatten
 from common.secure import he
 from server.checks import Verdict, num_examples_of, payload_bytes, refusal_of, site_of
+from server.enrolment import attribute, examples_problem
 from server.rounds import (
     RoundContext,
     RoundResult,
@@ -61,14 +62,17 @@ def run_round(ctx: RoundContext) -> RoundResult:
     total = he.Sum(public, count)
     total_examples = 0
     decryptors: list[tuple[str, int]] = []
-    for reply in replies:
+    for site, reply in attribute(ctx, result, replies, "train"):
         result.bytes_up += upload_bytes(reply)
         verdict, upload = check_he_reply(reply, ctx, count)
         if verdict.refused:
             note_refusal(ctx, result, verdict, reply)
             continue
         if upload is None:
-            note_rejection(ctx, result, verdict.site, verdict.reason)
+            note_rejection(ctx, result, site, verdict.reason)
+            continue
+        if problem := examples_problem(ctx, site, upload.num_examples):
+            note_rejection(ctx, result, site, problem)
             continue
         try:
             total.add_site(upload.chunks, f"site {verdict.site}")

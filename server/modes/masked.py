@@ -26,11 +26,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 
 from common import wire
-from common.errors import FedSealError
+from common.errors import FedSealError, one_line
 from common.integrity.keys import sign_digest
 from common.learning.models import flatten, param_count, unflatten
 from common.secure import masking, secagg
 from server.checks import Verdict, payload_bytes, site_of
+from server.enrolment import attribute, examples_problem
 from server.rounds import (
     RoundContext,
     RoundResult,
@@ -67,7 +68,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
     ctx.clock.start("setup")
     replies = send(ctx, [_query(ctx, nid, wire.STAGE_SETUP) for nid in ctx.node_ids], "masked setup")
     adverts, node_of = [], {}
-    for reply in _usable(ctx, replies, "setup"):
+    for reply in _usable(ctx, result, replies, "setup"):
         site, rec = _site_record(reply)
         try:
             advert = secagg.Advert(site, bytes(rec[wire.MASK_KEY]), bytes(rec[wire.ENC_KEY]),
@@ -75,6 +76,9 @@ def run_round(ctx: RoundContext) -> RoundResult:
             secagg.check_advert(advert, key(site), ctx.run_name, ctx.server_round, adverts)
         except (KeyError, TypeError, ValueError, FedSealError) as exc:
             note_rejection(ctx, result, site, f"setup: {exc}")
+            continue
+        if problem := examples_problem(ctx, site, advert.examples):
+            note_rejection(ctx, result, site, f"setup: {problem}")
             continue
         adverts.append(advert)
         node_of[site] = reply.metadata.src_node_id
@@ -90,7 +94,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
                        {wire.ROSTER: roster_bytes, wire.ROSTER_SIGNATURE: signature}) for s in roster.sites]
     result.bytes_down += len(roster_bytes) * len(messages)
     shares: dict[str, secagg.SharesOut] = {}
-    for reply in _usable(ctx, send(ctx, messages, "masked share-keys"), "share-keys", node_of):
+    for reply in _usable(ctx, result, send(ctx, messages, "masked share-keys"), "share-keys", node_of):
         site, rec = _site_record(reply)
         try:
             destinations = [str(d) for d in rec[wire.DESTINATIONS]]
@@ -121,7 +125,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
     size = param_count(ctx.spec)
     masked: dict[str, np.ndarray] = {}
     partners: dict[str, tuple[str, ...]] = {}
-    for reply in _usable(ctx, replies, "train", node_of):
+    for reply in _usable(ctx, result, replies, "train", node_of):
         site = site_of(reply)
         config = reply.content.get(wire.CONFIG)
         if isinstance(config, ConfigRecord) and wire.REFUSED in config:
@@ -155,7 +159,7 @@ def run_round(ctx: RoundContext) -> RoundResult:
                                                               wire.ROSTER_SIGNATURE: signature}) for s in survivors]
     seed_shares: dict[str, list[bytes]] = {}
     key_shares: dict[str, list[bytes]] = {}
-    for reply in _usable(ctx, send(ctx, messages, "masked unmask"), "unmask", node_of):
+    for reply in _usable(ctx, result, send(ctx, messages, "masked unmask"), "unmask", node_of):
         site, rec = _site_record(reply)
         try:
             seeds = dict(zip([str(o) for o in rec[wire.SEED_OWNERS]], [bytes(b) for b in rec[wire.SEED_SHARES]],
@@ -198,23 +202,21 @@ def _query(ctx: RoundContext, node_id: int, stage: str, extra: dict | None = Non
     return message(ctx, node_id, wire.MASKED_QUERY, RecordDict({wire.CONFIG: ConfigRecord(config)}))
 
 
-def _usable(ctx: RoundContext, replies: list[Message], stage: str,
+def _usable(ctx: RoundContext, result: RoundResult, replies: list[Message], stage: str,
             node_of: dict[str, int] | None = None) -> list[Message]:
-    """Replies that are not errors and, after setup, come from the node the site advertised from.
-    A site whose reply is an error (it failed or vanished) is audited `site_dropped`: from then on
-    it is a dropout of the round."""
+    """Replies attributed to their sending node's enrolled site (server/enrolment.py), that are not
+    errors and, after setup, come from the node the site advertised from. A site whose reply is
+    an error (it failed or vanished) is audited `site_dropped`: from then on it is a dropout."""
     out = []
     sites = {nid: s for s, nid in (node_of or {}).items()}
-    for reply in replies:
+    for claimed, reply in attribute(ctx, result, replies, f"masked {stage}"):
         nid = reply.metadata.src_node_id
         if reply.has_error():
-            site = sites.get(nid, f"node-{nid}")
-            lines = [line.strip() for line in reply.error.reason.splitlines() if line.strip()]
-            reason = lines[-1][:300] if lines else "error reply"
+            site = sites.get(nid, claimed)
+            reason = one_line(reply.error.reason) or "error reply"
             ctx.recorder.audit("site_dropped", round=ctx.server_round, client=site, stage=stage, reason=reason)
             log(WARNING, "Round %d (%s): site %s dropped out: %s", ctx.server_round, stage, site, reason)
             continue
-        claimed = _site_record(reply)[0] if wire.MASKED in reply.content else site_of(reply)
         if node_of is not None and node_of.get(claimed) != nid:
             ctx.recorder.audit("update_rejected", round=ctx.server_round, client=claimed, stage=stage,
                                reason=f"reply from node {nid}, not the node site {claimed} set up from")

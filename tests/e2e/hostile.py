@@ -15,9 +15,14 @@ from flwr.clientapp import ClientApp
 
 import client.app as fedseal
 from common import wire
+from common.integrity import enrol as enrol_proof
+from common.integrity import watermark
+from common.integrity.keys import ClientKeys, client_dir
+from common.integrity.seal import seal_update
 from common.secure import masking, secagg
 
 HOSTILE = 1  # the partition id of the hostile site (its site id is "1")
+VICTIM = "2"  # the honest site it tries to pass for
 
 Alter = Callable[[Message, Message, Context], Message]  # (request, honest reply, context) -> reply sent
 
@@ -26,9 +31,14 @@ def _is_hostile(context: Context) -> bool:
     return int(context.node_config.get(wire.PARTITION_ID, -1)) == HOSTILE
 
 
-def hostile_app(*, masked: Alter | None = None, train: Alter | None = None) -> ClientApp:
-    """FedSeal's ClientApp where the hostile site passes each reply through `masked` / `train`."""
+def hostile_app(*, masked: Alter | None = None, train: Alter | None = None, enrol: Alter | None = None) -> ClientApp:
+    """FedSeal's ClientApp where the hostile site passes each reply through `masked` / `train` / `enrol`."""
     app = ClientApp()
+
+    @app.query("enrol")
+    def _enrol(msg: Message, context: Context) -> Message:
+        reply = fedseal.enrol_site(msg, context)
+        return enrol(msg, reply, context) if enrol and _is_hostile(context) else reply
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
@@ -50,15 +60,16 @@ def hostile_app(*, masked: Alter | None = None, train: Alter | None = None) -> C
 def _round_key(msg: Message, context: Context, site: str | None = None) -> tuple[bytes, str, int]:
     config = msg.content[wire.CONFIG]
     client_id, keys = fedseal.load_site_keys(context.node_config, config)
+    seal_key = _victim_keys(msg).seal_key if site == VICTIM else keys.seal_key
     run_name, server_round = str(config[wire.RUN_NAME]), int(config[wire.SERVER_ROUND])
-    return secagg.round_key(keys.seal_key, run_name, server_round, site or client_id), run_name, server_round
+    return secagg.round_key(seal_key, run_name, server_round, site or client_id), run_name, server_round
 
 
 def _resealed_advert(msg: Message, reply: Message, context: Context,
-                     change: Callable[[secagg.Advert, int], secagg.Advert]) -> Message:
+                     change: Callable[[secagg.Advert, int], secagg.Advert], as_site: str | None = None) -> Message:
     """The site's setup `reply` with its advert changed by `change(advert, round)`, sealed again
-    with the site's own round key (a valid seal on a bad advert)."""
-    key, run_name, server_round = _round_key(msg, context)
+    with the site's own round key, or `as_site`'s (a valid seal on a bad advert)."""
+    key, run_name, server_round = _round_key(msg, context, as_site)
     rec = reply.content[wire.MASKED]
     advert = secagg.Advert(str(rec[wire.CLIENT_ID]), bytes(rec[wire.MASK_KEY]), bytes(rec[wire.ENC_KEY]),
                            int(rec[wire.NUM_EXAMPLES]), b"")
@@ -70,18 +81,59 @@ def _resealed_advert(msg: Message, reply: Message, context: Context,
 
 
 def _bad_advert(advert: secagg.Advert, server_round: int) -> secagg.Advert:
-    """Round 1: 0 examples; round 2: both public keys identical; round 3: a 7-byte mask key."""
+    """Round 1: 0 examples; round 2: both public keys identical; round 3: a 7-byte mask key;
+    round 4: 10**9 examples."""
     if server_round == 1:
         return secagg.Advert(advert.site, advert.mask_key, advert.enc_key, 0, b"")
     if server_round == 2:
         return secagg.Advert(advert.site, advert.mask_key, advert.mask_key, advert.examples, b"")
-    return secagg.Advert(advert.site, advert.mask_key[:7], advert.enc_key, advert.examples, b"")
+    if server_round == 3:
+        return secagg.Advert(advert.site, advert.mask_key[:7], advert.enc_key, advert.examples, b"")
+    return secagg.Advert(advert.site, advert.mask_key, advert.enc_key, 10**9, b"")
 
 
 def _masked_bad_adverts(msg: Message, reply: Message, context: Context) -> Message:
     if str(msg.content[wire.CONFIG][wire.MASKED_STAGE]) != wire.STAGE_SETUP:
         return reply
+    if int(msg.content[wire.CONFIG][wire.SERVER_ROUND]) == 5:  # another site's advert, with that site's seal
+        return _resealed_advert(msg, reply, context, lambda a, r: secagg.Advert(VICTIM, a.mask_key, a.enc_key,
+                                                                                a.examples, b""), VICTIM)
     return _resealed_advert(msg, reply, context, _bad_advert)
 
 
+def _victim_keys(msg: Message) -> ClientKeys:
+    """The victim's keys, read from the simulation's key folder (an insider who stole them)."""
+    return ClientKeys.load(client_dir(str(msg.content[wire.CONFIG][wire.SIM_KEYS_DIR]), VICTIM), client_id=VICTIM)
+
+
+def _impersonate(msg: Message, reply: Message, context: Context) -> Message:
+    """Round 1: the trained weights sealed with the victim's key, claiming the victim's id; round 2:
+    its own sealed weights claiming 10**9 examples; round 3: claiming the victim's id unsealed."""
+    config = msg.content[wire.CONFIG]
+    server_round, run_name = int(config[wire.SERVER_ROUND]), str(config[wire.RUN_NAME])
+    content = RecordDict(dict(reply.content.items()))
+    if server_round == 2:
+        content[wire.METRICS][wire.NUM_EXAMPLES] = 10**9
+        return Message(content=content, reply_to=msg)
+    if server_round == 1:
+        arrays = {name: arr.numpy() for name, arr in reply.content[wire.ARRAYS].items()}
+        opened = seal_update(watermark.strip(arrays), _victim_keys(msg).seal_key, run_name, server_round, VICTIM)
+        content[wire.ARRAYS] = fedseal.to_record(opened)
+    content[wire.CONFIG] = ConfigRecord({wire.CLIENT_ID: VICTIM})
+    return Message(content=content, reply_to=msg)
+
+
+def _inflated_enrolment(msg: Message, reply: Message, context: Context) -> Message:
+    """A valid enrolment proof (its own key and node) for 10**9 examples."""
+    config = msg.content[wire.CONFIG]
+    client_id, keys = fedseal.load_site_keys(context.node_config, config)
+    n = 10**9
+    tag = enrol_proof.proof(keys.seal_key, str(config[wire.RUN_NAME]), client_id, context.node_id, n,
+                            bytes(config[wire.NONCE]))
+    return Message(content=RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id, wire.NUM_EXAMPLES: n,
+                                                                  wire.ENROL_PROOF: tag})}), reply_to=msg)
+
+
 bad_adverts = hostile_app(masked=_masked_bad_adverts)
+impersonate = hostile_app(train=_impersonate)
+inflated_enrolment = hostile_app(enrol=_inflated_enrolment)

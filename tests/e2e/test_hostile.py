@@ -29,31 +29,65 @@ def _rounds(folder: Path) -> list[dict]:
     return records.read_jsonl(folder / records.ROUNDS)
 
 
-def _run(tmp_path: Path, app: str, mode: str) -> Path:
+def _run(tmp_path: Path, app: str, mode: str, rounds: int = ROUNDS) -> Path:
     out = tmp_path / app
-    simulate_hostile(f"tests.e2e.hostile:{app}", SITES, out, dataset="breast-cancer", num_rounds=ROUNDS,
+    simulate_hostile(f"tests.e2e.hostile:{app}", SITES, out, dataset="breast-cancer", num_rounds=rounds,
                      seed=0, secure_mode=mode)
     return out
 
 
+def _named(folder: Path, event: str) -> list[tuple[int, str, str]]:
+    return [(a["round"], a["client"], a["reason"]) for a in _audit(folder) if a["event"] == event]
+
+
 def assert_only_the_hostile_site_is_named(folder: Path) -> None:
-    """Every audit record that names a culprit names the hostile site, with a one-line reason."""
+    """Every audit record that names a culprit names the hostile site, with a one-line reason;
+    every honest site enrolled once, and no round was skipped."""
     for record in _audit(folder):
         reason = str(record.get("reason", ""))
         assert "\n" not in reason and len(reason) <= REASON_LIMIT, record
         if record["event"] in NAMING:
             assert record.get("client") == str(HOSTILE), record
-        assert record.get("client") not in HONEST or record["event"] == "sum_decrypted", record
+    enrolled = sorted(a["client"] for a in _audit(folder) if a["event"] == "site_enrolled")
+    assert HONEST <= set(enrolled) and len(enrolled) == len(set(enrolled))
+    assert not [a for a in _audit(folder) if a["event"] == "round_skipped"]
 
 
 def test_masked_bad_adverts_leave_out_the_hostile_site_only(tmp_path):
-    """0 examples (round 1), two identical public keys (round 2), a 7-byte key (round 3): each
-    advert carries a valid seal; the server leaves the site out at setup and sums the other four."""
-    out = _run(tmp_path, "bad_adverts", "masked")
+    """Each advert carries a valid seal: 0 examples (round 1), two identical public keys (2), a
+    7-byte key (3), 10**9 examples (4), the victim's id sealed with the victim's stolen key (5).
+    The server leaves the hostile site out at setup, names it, and sums the other four."""
+    out = _run(tmp_path, "bad_adverts", "masked", rounds=5)
     assert_only_the_hostile_site_is_named(out)
-    rejected = [(a["round"], a["client"]) for a in _audit(out) if a["event"] == "update_rejected"]
-    assert rejected == [(r, str(HOSTILE)) for r in range(1, ROUNDS + 1)]
-    reasons = [a["reason"] for a in _audit(out) if a["event"] == "update_rejected"]
-    assert "examples" in reasons[0] and "identical" in reasons[1] and "7 bytes" in reasons[2]
-    assert not [a for a in _audit(out) if a["event"] == "round_skipped"]
+    rejected = _named(out, "update_rejected")
+    assert [(r, c) for r, c, _ in rejected] == [(r, str(HOSTILE)) for r in range(1, 6)]
+    reasons = [why for _, _, why in rejected]
+    assert "examples must be an integer >= 1" in reasons[0] and "identical" in reasons[1]
+    assert "7 bytes" in reasons[2] and "reports 1000000000 examples, it enrolled with" in reasons[3]
+    assert "claims site '2', but node" in reasons[4]
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES - 1] * 5
+
+
+def test_none_impersonation_and_an_inflated_count_are_pinned_on_the_sender(tmp_path):
+    """Round 1: weights sealed with the victim's stolen key under the victim's id; round 2: its own
+    weights claiming 10**9 examples; round 3: the victim's id on its own weights. Each time the
+    audit names the sending node's site "1", never the victim "2", and the other four are averaged."""
+    out = _run(tmp_path, "impersonate", "none")
+    assert_only_the_hostile_site_is_named(out)
+    rejected = _named(out, "update_rejected")
+    assert [(r, c) for r, c, _ in rejected] == [(1, "1"), (2, "1"), (3, "1")]
+    assert "claims site '2'" in rejected[0][2] and "claims site '2'" in rejected[2][2]
+    assert "reports 1000000000 examples" in rejected[1][2]
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES - 1] * ROUNDS
+    assert [r["rejected"] for r in _rounds(out)] == [["1"]] * ROUNDS
+
+
+def test_he_an_inflated_enrolment_is_capped_every_round(tmp_path):
+    """A valid enrolment proof for 10**9 examples: its weight would be ~1.0, above max-site-weight
+    0.5, so the site is left out of every round (audited `site_rejected`) and the others summed."""
+    out = _run(tmp_path, "inflated_enrolment", "he")
+    assert_only_the_hostile_site_is_named(out)
+    heavy = _named(out, "site_rejected")
+    assert [(r, c) for r, c, _ in heavy] == [(r, "1") for r in range(1, ROUNDS + 1)]
+    assert "above max-site-weight 0.5" in heavy[0][2]
     assert [r["clients_used"] for r in _rounds(out)] == [SITES - 1] * ROUNDS
