@@ -68,6 +68,8 @@ SEAL, PARTNERS = "seal", "partners"  # MASKED (train reply): chunk seals; pairwi
 SURVIVORS, DROPOUTS = "survivors", "dropouts"  # CONFIG (unmask request)
 SEED_OWNERS, SEED_SHARES = "seed-owners", "seed-shares"  # MASKED (unmask reply)
 KEY_OWNERS, KEY_SHARES = "key-owners", "key-shares"
+DIGEST_HOLDERS, SHARE_DIGESTS = "digest-holders", "share-digests"  # MASKED (share-keys reply): per holder,
+#   the dealer's SHA-256 digests of the seed share and the key share it dealt (64 bytes)
 
 # enrolment (server/enrolment.py <-> client/app.py; common/integrity/enrol.py computes)
 ENROL = "query.enrol"  # message type: a site proves its id once per run

@@ -60,8 +60,10 @@ def handle_query(msg: Message, context: Context, settings: RunSettings, client_i
         verify_digest(keys.server_public_key, secagg.signed_digest(roster), bytes(config[wire.ROSTER_SIGNATURE]))
         out = site.share_keys(roster, key)
         destinations = sorted(out.ciphertexts)
+        holders = sorted(out.digests)
         reply = {wire.DESTINATIONS: destinations, wire.CIPHERTEXTS: [out.ciphertexts[d] for d in destinations],
-                 wire.COMMITMENT: out.commitment, wire.MASKED_TAG: out.tag}
+                 wire.COMMITMENT: out.commitment, wire.MASKED_TAG: out.tag, wire.DIGEST_HOLDERS: holders,
+                 wire.SHARE_DIGESTS: [out.digests[h] for h in holders]}
     elif stage == wire.STAGE_UNMASK:
         if fault_id is not None and inject.wanted(settings.injections, "drop-late", fault_id, server_round):
             raise inject.Vanished(f"site {client_id} vanishes after sending its masked vector (injected)")

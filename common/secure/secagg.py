@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import random
@@ -50,6 +51,7 @@ SHARES = "masked-shares"
 MASKED = "masked-vector"
 REVEAL = "masked-reveal"
 _COMMIT_TAG = b"fedseal/masked/seed-commitment/v1"
+_SHARE_DIGEST_TAG = b"fedseal/masked/share-digest/v1"
 
 
 ROUND_KEY_PURPOSE = "masked"
@@ -62,7 +64,12 @@ def round_key(seal_key: bytes, run_name: str, server_round: int, site: str) -> b
 
 
 class ProtocolError(InputError):
-    """A protocol message is inconsistent (bad roster, unknown site, too few neighbours...)."""
+    """A protocol message is inconsistent (bad roster, unknown site, too few neighbours...);
+    `culprit`: the site proven at fault, when the protocol can tell."""
+
+    def __init__(self, message: str, culprit: str | None = None):
+        super().__init__(message)
+        self.culprit = culprit
 
 
 def _b64(data: bytes) -> str:
@@ -246,16 +253,42 @@ def commitment(context: bytes, site: str, seed: bytes) -> bytes:
 
 @dataclass
 class SharesOut:
-    """A site's share-keys reply: encrypted shares per neighbour, seed commitment, seal."""
+    """A site's share-keys reply: encrypted shares per neighbour, seed commitment, seal, and the
+    dealer's digest of every share it dealt (holder -> seed-share digest + key-share digest), so
+    the server can check each share a holder reveals."""
 
     ciphertexts: dict[str, bytes]
     commitment: bytes
     tag: bytes
+    digests: dict[str, bytes] = dc_field(default_factory=dict)
 
 
 def shares_fields(context: bytes, site: str, out: SharesOut) -> tuple:
     items = [x for dst in sorted(out.ciphertexts) for x in (dst, out.ciphertexts[dst])]
+    items += [x for h in sorted(out.digests) for x in (h, out.digests[h])]
     return (context, site, out.commitment, *items)
+
+
+def share_digest(context: bytes, dealer: str, holder: str, kind: str, share: bytes) -> bytes:
+    """SHA-256 of one dealt share, bound to round, dealer, holder and kind (a share is 32 uniform
+    bytes plus its index, so the digest hides it)."""
+    return hashlib.sha256(_SHARE_DIGEST_TAG + ss.field(context) + ss.field(dealer) + ss.field(holder)
+                          + ss.field(kind) + bytes(share)).digest()
+
+
+def check_revealed(context: bytes, holder: str, kind: str, revealed: dict[str, bytes],
+                   dealt: dict[str, SharesOut]) -> tuple[dict[str, bytes], list[str]]:
+    """(the shares of `revealed` (owner -> share) that match their dealer's digest for `holder`,
+    the owners whose share does not). `kind` is SEED_SHARE or KEY_SHARE."""
+    half = 0 if kind == SEED_SHARE else 32
+    good, bad = {}, []
+    for owner, share in revealed.items():
+        expected = dealt[owner].digests.get(holder, b"")[half:half + 32] if owner in dealt else b""
+        if len(expected) == 32 and hmac.compare_digest(expected, share_digest(context, owner, holder, kind, share)):
+            good[owner] = share
+        else:
+            bad.append(owner)
+    return good, bad
 
 
 @dataclass
@@ -330,8 +363,10 @@ class MaskedSite:
         holders = roster.holders(self.site)
         seed_shares = ss.split_secret(self.seed, roster.threshold, len(holders))
         key_shares = ss.split_secret(self.mask_private, roster.threshold, len(holders))
-        ciphertexts = {}
+        ciphertexts, digests = {}, {}
         for holder, a, b in zip(holders, seed_shares, key_shares, strict=True):
+            digests[holder] = (share_digest(self.context, self.site, holder, SEED_SHARE, a)
+                               + share_digest(self.context, self.site, holder, KEY_SHARE, b))
             if holder == self.site:
                 self.seed_shares[self.site], self.key_shares[self.site] = a, b
                 continue
@@ -340,7 +375,7 @@ class MaskedSite:
             except ss.ShareError:  # a peer with an unusable key gets no shares: no pairwise mask with it
                 continue
             ciphertexts[holder] = ss.encrypt_for(secret, self.context, self.site, holder, a + b)
-        out = SharesOut(ciphertexts, commitment(self.context, self.site, self.seed), b"")
+        out = SharesOut(ciphertexts, commitment(self.context, self.site, self.seed), b"", digests)
         out.tag = masking.tag_message(round_key, SHARES, *shares_fields(self.context, self.site, out))
         self.stage = "shared"
         return out
@@ -475,7 +510,8 @@ def unmask(roster: Roster, masked: dict[str, np.ndarray], partners: dict[str, tu
     for s in survivors:
         seed = _rebuild(seed_shares.get(s, []), roster.threshold, f"the self-mask seed of site {s!r}")
         if commitments.get(s) != commitment(context, s, seed):
-            raise ProtocolError(f"the rebuilt self-mask seed of site {s!r} does not match its commitment")
+            raise ProtocolError(f"the rebuilt self-mask seed of site {s!r} does not match its commitment: "
+                                "it dealt inconsistent shares", culprit=s)
         removals.append((masking.self_mask_key(seed, context, s), -1))
     dropped = set(dropouts)
     for d in sorted(dropped, key=masking.order_key):
@@ -484,7 +520,8 @@ def unmask(roster: Roster, masked: dict[str, np.ndarray], partners: dict[str, tu
             continue
         key = _rebuild(key_shares.get(d, []), roster.threshold, f"the mask key of site {d!r}")
         if ss.public_of(key) != roster.mask_keys[d]:
-            raise ProtocolError(f"the rebuilt mask key of site {d!r} does not match its public key")
+            raise ProtocolError(f"the rebuilt mask key of site {d!r} does not match its public key: "
+                                "it dealt inconsistent shares", culprit=d)
         for s in users:
             agreement = ss.agree(key, roster.mask_keys[s])
             removals.append((masking.pair_mask_key(agreement, context, s, d), -masking.pair_sign(s, d)))

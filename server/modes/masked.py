@@ -99,8 +99,10 @@ def run_round(ctx: RoundContext) -> RoundResult:
         try:
             destinations = [str(d) for d in rec[wire.DESTINATIONS]]
             blobs = [bytes(b) for b in rec[wire.CIPHERTEXTS]]
+            digests = dict(zip([str(h) for h in rec[wire.DIGEST_HOLDERS]], [bytes(d) for d in rec[wire.SHARE_DIGESTS]],
+                               strict=True))
             out = secagg.SharesOut(dict(zip(destinations, blobs, strict=True)), bytes(rec[wire.COMMITMENT]),
-                                   bytes(rec[wire.MASKED_TAG]))
+                                   bytes(rec[wire.MASKED_TAG]), digests)
             masking.check_message(out.tag, key(site), secagg.SHARES, *secagg.shares_fields(roster.context, site, out))
         except (KeyError, TypeError, ValueError, FedSealError) as exc:
             note_rejection(ctx, result, site, f"share-keys: {exc}")
@@ -171,6 +173,12 @@ def run_round(ctx: RoundContext) -> RoundResult:
         except (KeyError, TypeError, ValueError, FedSealError) as exc:
             ctx.recorder.audit("shares_rejected", round=ctx.server_round, client=site, reason=str(exc))
             continue
+        seeds, bad_seeds = secagg.check_revealed(roster.context, site, secagg.SEED_SHARE, seeds, shares)
+        keys, bad_keys = secagg.check_revealed(roster.context, site, secagg.KEY_SHARE, keys, shares)
+        if bad_seeds or bad_keys:  # a lying holder: its bad shares are left out, the others rebuild
+            ctx.recorder.audit("shares_rejected", round=ctx.server_round, client=site,
+                               reason=f"revealed shares that do not match their dealer's digest: seed shares of "
+                                      f"{bad_seeds}, key shares of {bad_keys}")
         for owner, share in seeds.items():
             if owner in masked:
                 seed_shares.setdefault(owner, []).append(share)
@@ -182,16 +190,18 @@ def run_round(ctx: RoundContext) -> RoundResult:
         unmasked = secagg.unmask(roster, masked, partners, seed_shares, key_shares,
                                  {s: out.commitment for s, out in shares.items()}, dropouts)
     except secagg.ProtocolError as exc:
-        _skip(ctx, result, str(exc))
+        _skip(ctx, result, str(exc), exc.culprit)
         return result
     result.arrays = unflatten(flatten(ctx.base, ctx.spec) + unmasked.mean, ctx.spec)
     result.used = survivors
     return result
 
 
-def _skip(ctx: RoundContext, result: RoundResult, reason: str) -> None:
-    """The round cannot be unmasked: audit it; the global model stays as it was."""
-    ctx.recorder.audit("round_skipped", round=ctx.server_round, accepted=len(result.used), reason=reason)
+def _skip(ctx: RoundContext, result: RoundResult, reason: str, culprit: str | None = None) -> None:
+    """The round cannot be unmasked: audit it (naming the culprit when the protocol proves one); the
+    global model stays as it was."""
+    ctx.recorder.audit("round_skipped", round=ctx.server_round, accepted=len(result.used), reason=reason,
+                       **({"client": culprit} if culprit else {}))
     log(WARNING, "Round %d skipped: %s; the global model stays as it was", ctx.server_round, reason)
     result.used = []
 

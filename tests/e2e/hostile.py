@@ -134,6 +134,23 @@ def _inflated_enrolment(msg: Message, reply: Message, context: Context) -> Messa
                                                                   wire.ENROL_PROOF: tag})}), reply_to=msg)
 
 
+def _lying_reveal(msg: Message, reply: Message, context: Context) -> Message:
+    """At unmask, every seed share it reveals corrupted (index kept), sealed again with its own key."""
+    if str(msg.content[wire.CONFIG][wire.MASKED_STAGE]) != wire.STAGE_UNMASK or reply.has_error():
+        return reply
+    key, run_name, server_round = _round_key(msg, context)
+    rec = reply.content[wire.MASKED]
+    owners = [str(o) for o in rec[wire.SEED_OWNERS]]
+    seeds = {o: bytes(s[:2]) + bytes(b ^ 0x5A for b in bytes(s)[2:]) for o, s in zip(owners, rec[wire.SEED_SHARES])}
+    keys = dict(zip([str(o) for o in rec[wire.KEY_OWNERS]], [bytes(k) for k in rec[wire.KEY_SHARES]]))
+    context_bytes = masking.round_context(run_name, server_round)
+    tag = masking.tag_message(key, secagg.REVEAL, *secagg.reveal_fields(context_bytes, str(rec[wire.CLIENT_ID]),
+                                                                      seeds, keys))
+    out = {**dict(rec.items()), wire.SEED_SHARES: [seeds[o] for o in owners], wire.MASKED_TAG: tag}
+    return Message(content=RecordDict({wire.MASKED: ConfigRecord(out)}), reply_to=msg)
+
+
 bad_adverts = hostile_app(masked=_masked_bad_adverts)
+lying_reveal = hostile_app(masked=_lying_reveal)
 impersonate = hostile_app(train=_impersonate)
 inflated_enrolment = hostile_app(enrol=_inflated_enrolment)

@@ -91,3 +91,15 @@ def test_he_an_inflated_enrolment_is_capped_every_round(tmp_path):
     assert [(r, c) for r, c, _ in heavy] == [(r, "1") for r in range(1, ROUNDS + 1)]
     assert "above max-site-weight 0.5" in heavy[0][2]
     assert [r["clients_used"] for r in _rounds(out)] == [SITES - 1] * ROUNDS
+
+
+def test_masked_a_holder_revealing_bad_seed_shares_is_named_and_the_round_completes(tmp_path):
+    """Every seed share the hostile site reveals is corrupted (and validly sealed): each fails its
+    dealer's digest, the site is named `shares_rejected` in every round, the seeds are rebuilt
+    from the other holders' shares, and all five updates (its own is honest) are summed."""
+    out = _run(tmp_path, "lying_reveal", "masked")
+    assert_only_the_hostile_site_is_named(out)
+    named = _named(out, "shares_rejected")
+    assert [(r, c) for r, c, _ in named] == [(r, "1") for r in range(1, ROUNDS + 1)]
+    assert "do not match their dealer's digest" in named[0][2]
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES] * ROUNDS

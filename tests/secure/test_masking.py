@@ -298,8 +298,10 @@ def _round_key(seal_keys, site):
     return derive_round_key(seal_keys[site], RUN, ROUND, site, "masked")
 
 
-def run_round(deltas, examples, *, drop_after_shares=(), vanish_before_unmask=(), tamper=(), degree=None):
-    """A whole masked round in process; returns (result, survivors, exact integer sum, rejected)."""
+def run_round(deltas, examples, *, drop_after_shares=(), vanish_before_unmask=(), tamper=(), degree=None,
+              lying_holders=(), liars=None):
+    """A whole masked round in process; returns (result, survivors, exact integer sum, rejected).
+    `lying_holders` reveal corrupted seed shares; the server's share check puts them in `liars`."""
     ids = [str(i) for i in range(len(deltas))]
     seal_keys = {s: os.urandom(32) for s in ids}
     sites = {s: secagg.MaskedSite.start(s, RUN, ROUND) for s in ids}
@@ -337,6 +339,12 @@ def run_round(deltas, examples, *, drop_after_shares=(), vanish_before_unmask=()
             continue
         seeds, keys, tag = sites[s].reveal(survivors, dropouts, _round_key(seal_keys, s))
         masking.check_message(tag, _round_key(seal_keys, s), secagg.REVEAL, *secagg.reveal_fields(CTX, s, seeds, keys))
+        if s in lying_holders:
+            seeds = {o: share[:2] + bytes(b ^ 0x5A for b in share[2:]) for o, share in seeds.items()}
+        seeds, bad = secagg.check_revealed(CTX, s, secagg.SEED_SHARE, seeds, shares)
+        keys, bad_keys = secagg.check_revealed(CTX, s, secagg.KEY_SHARE, keys, shares)
+        if (bad or bad_keys) and liars is not None:
+            liars.append(s)
         for owner, share in seeds.items():
             seed_shares.setdefault(owner, []).append(share)
         for owner, share in keys.items():
@@ -501,3 +509,21 @@ def test_a_site_drops_a_peer_with_an_unusable_key_instead_of_failing():
     sites["0"].key_shares["2"] = sites["0"].key_shares["1"]  # as if peer 2's shares had arrived
     upload = sites["0"].mask(np.zeros(10, np.float32), _round_key(seal_keys, "0"))
     assert upload.partners == ("1",)
+
+
+def test_a_holder_revealing_bad_seed_shares_is_named_and_the_others_rebuild():
+    """Every dealt share carries its dealer's digest (sealed in the share-keys message): the
+    server finds each corrupted revealed share, names its holder, and rebuilds from the rest."""
+    deltas, liars = _deltas(5), []
+    result, survivors, exact, rejected, roster = run_round(deltas, [10, 20, 30, 40, 50], lying_holders=("1",),
+                                                           liars=liars)
+    assert liars == ["1"] and rejected == [] and survivors == ["0", "1", "2", "3", "4"]
+    _check_exact(result, survivors, exact, roster, deltas)
+
+
+def test_a_share_digest_binds_dealer_holder_and_kind():
+    share = ss.split_secret(os.urandom(32), 2, 3)[0]
+    base = secagg.share_digest(CTX, "0", "1", secagg.SEED_SHARE, share)
+    assert base != secagg.share_digest(CTX, "0", "2", secagg.SEED_SHARE, share)
+    assert base != secagg.share_digest(CTX, "2", "1", secagg.SEED_SHARE, share)
+    assert base != secagg.share_digest(CTX, "0", "1", secagg.KEY_SHARE, share)
