@@ -96,7 +96,8 @@ def build_payload(context: Context, config: ConfigRecord, trained: dict[str, np.
     site.receive_shares(dict(zip(sources, blobs)))
     spec = array_spec(trained)
     delta = flatten(trained, spec, np.float32) - flatten(base, spec, np.float32)
-    upload = site.mask(delta, secagg.round_key(seal_key, run_name, server_round, client_id))
+    checks = np.frombuffer(bytes(config.get(wire.CHECK_VALUES, b"")), np.uint32)
+    upload = site.mask(delta, secagg.round_key(seal_key, run_name, server_round, client_id), checks)
     _save(context, site)
     return RecordDict({
         wire.MASKED_VECTOR: ArrayRecord({wire.VECTOR: Array(upload.vector)}),

@@ -405,8 +405,9 @@ class MaskedSite:
         roster = self._roster()
         return tuple(o for o in roster.neighbours[self.site] if o in self.key_shares)
 
-    def mask(self, delta: np.ndarray, round_key: bytes) -> MaskedUpload:
-        """Stage 3b: the sealed masked vector of `weight * delta` (flat float32 delta)."""
+    def mask(self, delta: np.ndarray, round_key: bytes, checks: np.ndarray | None = None) -> MaskedUpload:
+        """Stage 3b: the sealed masked vector of `weight * delta` (flat float32 delta), followed by
+        the server's `checks` (uint32 words, `check_values`) in reserved slots, masked too."""
         if self.stage != "shared":
             raise ProtocolError(f"site {self.site!r}: no shared keys to mask with in round {self.server_round}")
         roster = self._roster()
@@ -424,7 +425,10 @@ class MaskedSite:
         if len(partners) + 1 < roster.threshold:
             raise ProtocolError(f"site {self.site!r}: {len(partners)} neighbours left, "
                                 f"{roster.threshold - 1} needed to go on")
+        checks = np.zeros(0, np.uint32) if checks is None else np.asarray(checks, np.uint32).reshape(-1)
+        delta = np.concatenate([np.asarray(delta, np.float32).reshape(-1), np.zeros(checks.size, np.float32)])
         vector = masking.mask_update(delta, roster.weight(self.site), roster.quantizer, masks)
+        vector[vector.size - checks.size:] += checks  # mod 2^32: the masks still cover them
         seal = masking.seal_chunks(vector, round_key)
         tag = masking.tag_message(round_key, MASKED, *upload_fields(self.context, self.site, vector.size, partners))
         self.stage = "masked"
@@ -477,6 +481,23 @@ def reveal_fields(context: bytes, site: str, seeds: dict[str, bytes], keys: dict
 
 
 # --- the server's side -------------------------------------------------------------------------
+
+
+CHECK_SLOTS = 4  # reserved words after each site's update: a corrupted sum passes with odds 2^-128
+
+
+def check_values() -> np.ndarray:
+    """Fresh random uint32 words the server asks one site to add in its reserved slots."""
+    return np.frombuffer(os.urandom(4 * CHECK_SLOTS), np.uint32).copy()
+
+
+def checks_hold(total: np.ndarray, checks: list[np.ndarray]) -> bool:
+    """Whether the unmasked sum's reserved slots (its last words) hold exactly the sum of the
+    summed sites' check values mod 2^32: else a vector or a mask removal was wrong."""
+    expected = np.zeros(CHECK_SLOTS, np.uint32)
+    for c in checks:
+        expected += c
+    return bool(np.array_equal(np.asarray(total).view(np.uint32)[-CHECK_SLOTS:], expected))
 
 
 @dataclass(frozen=True)

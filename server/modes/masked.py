@@ -115,16 +115,18 @@ def run_round(ctx: RoundContext) -> RoundResult:
     # 3. train: the global model and each site's forwarded shares; masked vectors back.
     ctx.clock.start("train", timed=False)  # the sites verify, train and mask; they report their seconds
     messages = []
+    checks = {site: secagg.check_values() for site in shares}  # each site adds its own in reserved slots
     for site in shares:
         inbox = {src: out.ciphertexts[site] for src, out in shares.items() if site in out.ciphertexts}
-        config = ConfigRecord({**ctx.config, wire.SOURCES: list(inbox), wire.CIPHERTEXTS: list(inbox.values())})
+        config = ConfigRecord({**ctx.config, wire.SOURCES: list(inbox), wire.CIPHERTEXTS: list(inbox.values()),
+                               wire.CHECK_VALUES: checks[site].tobytes()})
         messages.append(message(ctx, node_of[site], wire.TRAIN, RecordDict({wire.ARRAYS: ctx.record,
                                                                              wire.CONFIG: config})))
         result.bytes_down += payload_bytes(ctx.record) + sum(map(len, inbox.values()))
     replies = send(ctx, messages, "masked train")
     ctx.clock.add_sites(site_metrics(replies))
     ctx.clock.start("check")
-    size = param_count(ctx.spec)
+    size = param_count(ctx.spec) + secagg.CHECK_SLOTS
     masked: dict[str, np.ndarray] = {}
     partners: dict[str, tuple[str, ...]] = {}
     for reply in _usable(ctx, result, replies, "train", node_of):
@@ -192,7 +194,14 @@ def run_round(ctx: RoundContext) -> RoundResult:
     except secagg.ProtocolError as exc:
         _skip(ctx, result, str(exc), exc.culprit)
         return result
-    result.arrays = unflatten(flatten(ctx.base, ctx.spec) + unmasked.mean, ctx.spec)
+    if not secagg.checks_hold(unmasked.total, [checks[s] for s in survivors]):
+        reason = ("the unmasked sum does not reproduce the sites' check values: a vector was not masked as "
+                  "sealed, or a mask was removed wrongly; the global model stays as it was")
+        ctx.recorder.audit("aggregate_check_failed", round=ctx.server_round, sites=survivors, reason=reason)
+        log(WARNING, "Round %d: %s", ctx.server_round, reason)
+        result.used = []
+        return result
+    result.arrays = unflatten(flatten(ctx.base, ctx.spec) + unmasked.mean[:size - secagg.CHECK_SLOTS], ctx.spec)
     result.used = survivors
     return result
 

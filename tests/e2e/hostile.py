@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 import client.app as fedseal
@@ -150,7 +151,21 @@ def _lying_reveal(msg: Message, reply: Message, context: Context) -> Message:
     return Message(content=RecordDict({wire.MASKED: ConfigRecord(out)}), reply_to=msg)
 
 
+def _zero_vector(msg: Message, reply: Message, context: Context) -> Message:
+    """Its masked vector replaced by zeros (no masks), with a valid chunk seal of its own."""
+    if wire.MASKED_VECTOR not in reply.content:
+        return reply
+    key, _, _ = _round_key(msg, context)
+    vector = np.zeros_like(reply.content[wire.MASKED_VECTOR][wire.VECTOR].numpy())
+    rec = reply.content[wire.MASKED]
+    content = RecordDict(dict(reply.content.items()))
+    content[wire.MASKED_VECTOR] = ArrayRecord({wire.VECTOR: Array(vector)})
+    content[wire.MASKED] = ConfigRecord({**dict(rec.items()), wire.SEAL: masking.seal_chunks(vector, key)})
+    return Message(content=content, reply_to=msg)
+
+
 bad_adverts = hostile_app(masked=_masked_bad_adverts)
+zero_vector = hostile_app(train=_zero_vector)
 lying_reveal = hostile_app(masked=_lying_reveal)
 impersonate = hostile_app(train=_impersonate)
 inflated_enrolment = hostile_app(enrol=_inflated_enrolment)

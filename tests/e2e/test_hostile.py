@@ -18,7 +18,7 @@ from tests.simrun import simulate_hostile
 
 SITES, ROUNDS = 5, 3
 HONEST = {str(i) for i in range(SITES)} - {str(HOSTILE)}
-NAMING = ("update_rejected", "shares_rejected", "site_rejected", "decrypt_failed", "aggregate_check_failed")
+NAMING = ("update_rejected", "shares_rejected", "site_rejected", "decrypt_failed", "enrolment_rejected")
 
 
 def _audit(folder: Path) -> list[dict]:
@@ -50,7 +50,7 @@ def assert_only_the_hostile_site_is_named(folder: Path) -> None:
             assert record.get("client") == str(HOSTILE), record
     enrolled = sorted(a["client"] for a in _audit(folder) if a["event"] == "site_enrolled")
     assert HONEST <= set(enrolled) and len(enrolled) == len(set(enrolled))
-    assert not [a for a in _audit(folder) if a["event"] == "round_skipped"]
+    assert not [a for a in _audit(folder) if a["event"] in ("round_skipped", "aggregate_check_failed")]
 
 
 def test_masked_bad_adverts_leave_out_the_hostile_site_only(tmp_path):
@@ -103,3 +103,18 @@ def test_masked_a_holder_revealing_bad_seed_shares_is_named_and_the_round_comple
     assert [(r, c) for r, c, _ in named] == [(r, "1") for r in range(1, ROUNDS + 1)]
     assert "do not match their dealer's digest" in named[0][2]
     assert [r["clients_used"] for r in _rounds(out)] == [SITES] * ROUNDS
+
+
+def test_masked_an_unmasked_zero_vector_is_caught_and_the_model_kept(tmp_path):
+    """A validly sealed all-zero vector (its masks left out): the unmasked sum misses the server's
+    check values, so every round is refused (`aggregate_check_failed`), the model stays the
+    initial one, and no site is blamed (the sum alone cannot tell whose vector was wrong)."""
+    out = tmp_path / "zero_vector"
+    simulate_hostile("tests.e2e.hostile:zero_vector", SITES, out, dataset="breast-cancer", num_rounds=2,
+                     seed=0, secure_mode="masked")
+    failed = [a for a in _audit(out) if a["event"] == "aggregate_check_failed"]
+    assert [a["round"] for a in failed] == [1, 2] and all("client" not in a for a in failed)
+    assert not [a for a in _audit(out) if a.get("client") in HONEST and a["event"] in NAMING]
+    first, second = _rounds(out)
+    assert first["clients_used"] == second["clients_used"] == 0
+    assert first["loss"] == second["loss"] and first["accuracy"] == second["accuracy"]

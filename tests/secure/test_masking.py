@@ -299,7 +299,7 @@ def _round_key(seal_keys, site):
 
 
 def run_round(deltas, examples, *, drop_after_shares=(), vanish_before_unmask=(), tamper=(), degree=None,
-              lying_holders=(), liars=None):
+              lying_holders=(), liars=None, checks=None, zeroed=()):
     """A whole masked round in process; returns (result, survivors, exact integer sum, rejected).
     `lying_holders` reveal corrupted seed shares; the server's share check puts them in `liars`."""
     ids = [str(i) for i in range(len(deltas))]
@@ -318,7 +318,10 @@ def run_round(deltas, examples, *, drop_after_shares=(), vanish_before_unmask=()
             continue
         inbox = {src: out.ciphertexts[s] for src, out in shares.items() if s in out.ciphertexts}
         assert sites[s].receive_shares(inbox) == []
-        uploads[s] = sites[s].mask(deltas[int(s)], _round_key(seal_keys, s))
+        uploads[s] = sites[s].mask(deltas[int(s)], _round_key(seal_keys, s), None if checks is None else checks[s])
+        if s in zeroed:  # sent without its masks, sealed as its own
+            uploads[s].vector[:] = 0
+            uploads[s].seal = masking.seal_chunks(uploads[s].vector, _round_key(seal_keys, s))
     for s in tamper:
         uploads[s].vector[len(uploads[s].vector) // 2] ^= np.uint32(1 << 7)
     rejected, masked, partners = [], {}, {}
@@ -527,3 +530,15 @@ def test_a_share_digest_binds_dealer_holder_and_kind():
     assert base != secagg.share_digest(CTX, "0", "2", secagg.SEED_SHARE, share)
     assert base != secagg.share_digest(CTX, "2", "1", secagg.SEED_SHARE, share)
     assert base != secagg.share_digest(CTX, "0", "1", secagg.KEY_SHARE, share)
+
+
+def test_check_values_in_reserved_slots_catch_a_vector_sent_without_its_masks():
+    deltas = _deltas(4, size=300)
+    checks = {str(i): secagg.check_values() for i in range(4)}
+    padded = [np.concatenate([d, np.zeros(secagg.CHECK_SLOTS, np.float32)]) for d in deltas]
+    result, survivors, exact, _, roster = run_round(deltas, [5, 6, 7, 8], checks=checks)
+    assert secagg.checks_hold(result.total, [checks[s] for s in survivors])
+    assert np.array_equal(result.total[:-secagg.CHECK_SLOTS].astype(np.int64), exact)
+    result, survivors, _, rejected, _ = run_round(deltas, [5, 6, 7, 8], checks=checks, zeroed=("2",))
+    assert rejected == [] and not secagg.checks_hold(result.total, [checks[s] for s in survivors])
+    assert padded[0].size == result.total.size
