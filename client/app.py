@@ -100,7 +100,8 @@ def train(msg: Message, context: Context) -> Message:
     train_seconds, tick = time.perf_counter() - tick, time.perf_counter()
     seal_key = secrets.token_bytes(32) if injected("forge-update") else keys.seal_key
     if mode == "he":
-        payload = mode_he.build_payload(trained, opened.values(), len(y), keys, seal_key, run_name, server_round)
+        payload = mode_he.build_payload(trained, opened.values(), len(y), keys, seal_key, run_name, server_round,
+                                        bytes(config.get(wire.CHECK_VALUES, b"")))
     elif mode == "masked":
         payload = mode_masked.build_payload(context, config, trained, opened.values(), client_id, seal_key,
                                             run_name, server_round)

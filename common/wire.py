@@ -68,7 +68,8 @@ SEAL, PARTNERS = "seal", "partners"  # MASKED (train reply): chunk seals; pairwi
 SURVIVORS, DROPOUTS = "survivors", "dropouts"  # CONFIG (unmask request)
 SEED_OWNERS, SEED_SHARES = "seed-owners", "seed-shares"  # MASKED (unmask reply)
 KEY_OWNERS, KEY_SHARES = "key-owners", "key-shares"
-CHECK_VALUES = "check-values"  # train CONFIG (masked): uint32 words the site adds in its reserved slots
+CHECK_VALUES = "check-values"  # train CONFIG: server-chosen check values the site adds after its update
+#   (masked: uint32 words in reserved slots; he: float64 values encrypted after the update)
 DIGEST_HOLDERS, SHARE_DIGESTS = "digest-holders", "share-digests"  # MASKED (share-keys reply): per holder,
 #   the dealer's SHA-256 digests of the seed share and the key share it dealt (64 bytes)
 

@@ -14,26 +14,12 @@ from common.run.records import RunRecorder
 from common.run.settings import RunSettings
 from server.enrolment import Enrolment, attribute, examples_problem, overweight
 from server.rounds import RoundContext, RoundResult
+from tests.server.fakes import Grid
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 RUN = "run-enrol"
 NODES = {"0": 100, "1": 101, "2": 102}  # site -> its node
-
-
-class Grid:
-    """Answers each pushed message with `answer(msg)` (the site on that node)."""
-
-    def __init__(self, answer):
-        self.answer, self.pushed = answer, []
-
-    def push_messages(self, messages):
-        self.pushed += messages
-        return [m.metadata.message_id for m in messages]
-
-    def pull_messages(self, ids):
-        out, self.pushed = [self.answer(m) for m in self.pushed], []
-        return out
 
 
 def honest(fed, examples=None):
