@@ -32,8 +32,10 @@ def _is_hostile(context: Context) -> bool:
     return int(context.node_config.get(wire.PARTITION_ID, -1)) == HOSTILE
 
 
-def hostile_app(*, masked: Alter | None = None, train: Alter | None = None, enrol: Alter | None = None) -> ClientApp:
-    """FedSeal's ClientApp where the hostile site passes each reply through `masked` / `train` / `enrol`."""
+def hostile_app(*, masked: Alter | None = None, train: Alter | None = None, enrol: Alter | None = None,
+                decrypt: Alter | None = None) -> ClientApp:
+    """FedSeal's ClientApp where the hostile site passes each reply through `masked` / `train` /
+    `enrol` / `decrypt`."""
     app = ClientApp()
 
     @app.query("enrol")
@@ -53,7 +55,8 @@ def hostile_app(*, masked: Alter | None = None, train: Alter | None = None, enro
 
     @app.query("decrypt")
     def _decrypt(msg: Message, context: Context) -> Message:
-        return fedseal.decrypt(msg, context)
+        reply = fedseal.decrypt(msg, context)
+        return decrypt(msg, reply, context) if decrypt and _is_hostile(context) else reply
 
     return app
 
@@ -164,7 +167,39 @@ def _zero_vector(msg: Message, reply: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _lying_decryption(msg: Message, reply: Message, context: Context) -> Message:
+    """Its decryption of the blinded sum with ten coefficients replaced (all below the modulus)."""
+    raw = reply.content[wire.DECRYPTED][wire.COEFFICIENTS].numpy().copy()
+    raw[0, :10] = raw[0, 10:20]
+    return Message(content=RecordDict({wire.DECRYPTED: ArrayRecord({wire.COEFFICIENTS: Array(raw)})}), reply_to=msg)
+
+
+_FOREIGN: list[bytes] = []  # a CKKS key of the same parameters that is not the federation's
+
+
+def _foreign_key(msg: Message, reply: Message, context: Context) -> Message:
+    """Its update encrypted under another CKKS key with the same parameters, sealed with its own key."""
+    from common.integrity.seal import seal_chunks
+    from common.secure import he
+
+    if not _FOREIGN:
+        _FOREIGN.append(he.make_keys()[0])
+    config = msg.content[wire.CONFIG]
+    client_id, keys = fedseal.load_site_keys(context.node_config, config)
+    chunks = [bytes(c) for c in reply.content[wire.HE_CIPHERTEXTS][wire.CHUNKS]]
+    vector = np.random.default_rng(0).normal(0, 0.01, len(chunks) * he.CHUNK)
+    foreign = he.encrypt(vector, float(reply.content[wire.METRICS][wire.NUM_EXAMPLES]), _FOREIGN[0])
+    tags = seal_chunks(foreign, keys.seal_key, str(config[wire.RUN_NAME]), int(config[wire.SERVER_ROUND]), client_id,
+                       "he")
+    content = RecordDict(dict(reply.content.items()))
+    content[wire.HE_CIPHERTEXTS] = ConfigRecord({wire.CHUNKS: foreign})
+    content[wire.SEALS] = ConfigRecord({wire.TAGS: tags})
+    return Message(content=content, reply_to=msg)
+
+
 bad_adverts = hostile_app(masked=_masked_bad_adverts)
+lying_decryptor = hostile_app(decrypt=_lying_decryption)
+foreign_key = hostile_app(train=_foreign_key)
 zero_vector = hostile_app(train=_zero_vector)
 lying_reveal = hostile_app(masked=_lying_reveal)
 impersonate = hostile_app(train=_impersonate)

@@ -8,6 +8,7 @@ Each simulation is breast-cancer, 5 sites, 3 rounds (about 30-90 s on a loaded 2
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -114,6 +115,36 @@ def test_masked_an_unmasked_zero_vector_is_caught_and_the_model_kept(tmp_path):
                      seed=0, secure_mode="masked")
     failed = [a for a in _audit(out) if a["event"] == "aggregate_check_failed"]
     assert [a["round"] for a in failed] == [1, 2] and all("client" not in a for a in failed)
+    assert not [a for a in _audit(out) if a.get("client") in HONEST and a["event"] in NAMING]
+    first, second = _rounds(out)
+    assert first["clients_used"] == second["clients_used"] == 0
+    assert first["loss"] == second["loss"] and first["accuracy"] == second["accuracy"]
+
+
+def test_he_a_lying_decryptor_is_named_and_the_honest_sum_used(tmp_path):
+    """The hostile site alters its decryption whenever it is asked (rounds 1 and 2 of the rotation):
+    its result differs from the other decryptor's, a third site settles it, the liar is named
+    `decrypt_failed`, and every round uses all five sites' updates."""
+    out = _run(tmp_path, "lying_decryptor", "he")
+    assert_only_the_hostile_site_is_named(out)
+    failed = _named(out, "decrypt_failed")
+    assert [(r, c) for r, c, _ in failed] == [(1, "1"), (2, "1")]
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES] * ROUNDS
+    clean = tmp_path / "clean"
+    simulate_hostile("client.app:app", SITES, clean, dataset="breast-cancer", num_rounds=ROUNDS, seed=0,
+                     secure_mode="he")
+    one_example = 1 / json.loads((clean / records.SUMMARY).read_text())["test_examples"]
+    assert abs(_rounds(out)[-1]["accuracy"] - _rounds(clean)[-1]["accuracy"]) <= one_example + 1e-9
+
+
+def test_he_a_ciphertext_under_another_key_is_caught_and_the_model_kept(tmp_path):
+    """The hostile site encrypts under a CKKS key of the same parameters: the sum decrypts to
+    garbage, the check values miss, every round is refused and the model stays the initial one."""
+    out = tmp_path / "foreign_key"
+    simulate_hostile("tests.e2e.hostile:foreign_key", SITES, out, dataset="breast-cancer", num_rounds=2,
+                     seed=0, secure_mode="he")
+    failed = [a for a in _audit(out) if a["event"] == "aggregate_check_failed"]
+    assert [a["round"] for a in failed] == [1, 2] and "check values" in failed[0]["reason"]
     assert not [a for a in _audit(out) if a.get("client") in HONEST and a["event"] in NAMING]
     first, second = _rounds(out)
     assert first["clients_used"] == second["clients_used"] == 0
