@@ -26,11 +26,11 @@ SERVER_APP = "server.app:app"
 CLIENT_APP = "client.app:app"
 
 
-def app_config_toml(run_config: dict[str, Any]) -> str:
+def app_config_toml(run_config: dict[str, Any], client_app: str = CLIENT_APP) -> str:
     """A minimal pyproject.toml whose [tool.flwr.app.config] is `run_config`."""
     lines = ["[project]", 'name = "fedseal"', 'version = "0.1.0"', 'dependencies = ["flwr"]', "",
              "[tool.flwr.app]", 'publisher = "fedseal"', "", "[tool.flwr.app.components]",
-             f'serverapp = "{SERVER_APP}"', f'clientapp = "{CLIENT_APP}"', "", "[tool.flwr.app.config]"]
+             f'serverapp = "{SERVER_APP}"', f'clientapp = "{client_app}"', "", "[tool.flwr.app.config]"]
     for key, value in run_config.items():
         if isinstance(value, bool):
             text = "true" if value else "false"
@@ -50,8 +50,9 @@ def backend_config(cpus_per_client: float = 1.0) -> dict[str, Any]:
     }
 
 
-def run_engine(run_config: dict[str, Any], num_supernodes: int) -> None:
-    """Run one federation in this process with Flower's simulation engine (blocking).
+def run_engine(run_config: dict[str, Any], num_supernodes: int, client_app: str = CLIENT_APP) -> None:
+    """Run one federation in this process with Flower's simulation engine (blocking). `client_app`:
+    the sites' ClientApp component (tests run a hostile one in place of FedSeal's).
 
     Uses flwr's `_run_simulation` (what `flwr-simulation` calls in flwr 1.41) because the
     public `run_simulation` passes an empty run config to the apps.
@@ -68,7 +69,7 @@ def run_engine(run_config: dict[str, Any], num_supernodes: int) -> None:
 
 
     with tempfile.TemporaryDirectory(prefix="fedseal-app-") as app_dir:
-        Path(app_dir, "pyproject.toml").write_text(app_config_toml(run_config))
+        Path(app_dir, "pyproject.toml").write_text(app_config_toml(run_config, client_app))
         fused = get_fused_config_from_dir(Path(app_dir), {})
         run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
         run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
@@ -79,7 +80,7 @@ def run_engine(run_config: dict[str, Any], num_supernodes: int) -> None:
             num_supernodes=num_supernodes,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
             server_app_attr=SERVER_APP,
-            client_app_attr=CLIENT_APP,
+            client_app_attr=client_app,
             backend_config=backend_config(),
             server_app_context=context,
             app_dir=app_dir,
@@ -92,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.engine", description=__doc__)
     parser.add_argument("--num-supernodes", type=int, required=True)
     parser.add_argument("--run-config", required=True, help="run config as a JSON object")
+    parser.add_argument("--client-app", default=CLIENT_APP, help="the sites' ClientApp component (module:attribute)")
     args = parser.parse_args(argv)
-    run_engine(json.loads(args.run_config), args.num_supernodes)
+    run_engine(json.loads(args.run_config), args.num_supernodes, args.client_app)
     return 0
 
 

@@ -224,13 +224,14 @@ def load_resumable(path: str) -> tuple[Path, RunSettings, int]:
 
 
 def run_child(settings: RunSettings, clients: int, folder: Path, *, verbose: bool, out: TextIO,
-              display: Any = None, quiet: bool = False) -> int:
+              display: Any = None, quiet: bool = False, client_app: str | None = None) -> int:
     """Run server/engine.py in its own session, stream progress (`display`, default: one plain line per
-    round on `out`, none with `quiet`), always clean up."""
+    round on `out`, none with `quiet`), always clean up. `client_app`: another ClientApp component
+    for the sites (tests: a hostile one)."""
     display = display or progress.PlainProgress(out, lambda rec: format_progress(rec, settings.num_rounds),
                                                 quiet=quiet)
     cmd = [sys.executable, "-m", "server.engine", "--num-supernodes", str(clients),
-           "--run-config", json.dumps(settings.to_run_config())]
+           "--run-config", json.dumps(settings.to_run_config()), *(["--client-app", client_app] if client_app else [])]
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),

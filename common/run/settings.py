@@ -40,6 +40,7 @@ RUN_CONFIG_KEYS = {
     "round-timeout": "round_timeout",
     "clients": "clients",
     "clients-per-round": "clients_per_round",
+    "max-site-weight": "max_site_weight",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -81,6 +82,9 @@ class RunSettings:
             keys_dir in deployment, or in simulation those connected once no new one joined.
         clients_per_round (int, 0): sites sampled into each round's cohort (seeded by seed and
             round); 0 means all. min_clients applies to the cohort.
+        max_site_weight (float, 0.5): the largest FedAvg weight n / sum(n) one site may carry in a
+            round, in (0, 1]; a site above it is left out of the round and audited. Applies when
+            more than 1/max_site_weight sites take part.
     """
 
     dataset: str = "breast-cancer"
@@ -102,6 +106,7 @@ class RunSettings:
     round_timeout: int = 300
     clients: int = 0
     clients_per_round: int = 0
+    max_site_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -131,6 +136,9 @@ class RunSettings:
             raise InputError(f"resume must be true or false, got {self.resume!r}")
         _require_int(self.round_timeout, "round-timeout", 1)
         self._check_sampling()
+        w = self.max_site_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and 0 < w <= 1):
+            raise InputError(f"max-site-weight must be a number in (0, 1], got {w!r}")
         dp = parse_dp(self.dp)
         if self.secure_mode != "none":
             self._check_secure_mode(dp)

@@ -55,7 +55,7 @@ pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 def test_sealed_ciphertexts_are_accepted_and_add_up(fed, ctx):
     chunks, tags = upload(fed, ctx)
-    verdict, got = check_he_reply(reply(chunks, tags), ctx, count_of(ctx))
+    verdict, got = check_he_reply(reply(chunks, tags), ctx, count_of(ctx), "1")
     assert verdict.reason == "" and got is not None and got.num_examples == 50
     total = he.Sum(fed[0].he_public_context(), count_of(ctx))
     total.add_site(got.chunks)
@@ -89,7 +89,7 @@ def test_bad_replies_are_rejected_with_a_reason(fed, ctx, damage, reason):
         n = 0
     elif damage == "unknown-site":
         cid = "9"
-    verdict, got = check_he_reply(reply(chunks, tags, cid=cid, n=n), ctx, count_of(ctx))
+    verdict, got = check_he_reply(reply(chunks, tags, cid=cid, n=n), ctx, count_of(ctx), cid)
     assert got is None and not verdict.accepted
     assert __import__("re").search(reason, verdict.reason), verdict.reason
 
@@ -99,7 +99,7 @@ def test_ciphertext_of_other_parameters_passes_its_seal_but_not_the_sum(fed, ctx
     sum of the others is unchanged."""
     foreign_secret, _ = he.make_keys(scale_bits=32)
     chunks, tags = upload(fed, ctx, secret=foreign_secret)
-    verdict, got = check_he_reply(reply(chunks, tags), ctx, count_of(ctx))
+    verdict, got = check_he_reply(reply(chunks, tags), ctx, count_of(ctx), "1")
     assert got is not None  # the seal is the site's own
     total = he.Sum(fed[0].he_public_context(), count_of(ctx))
     with pytest.raises(he.HEError, match="scale"):
