@@ -19,7 +19,6 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from common import wire
-from common.processes import peak_rss_mb
 from common.integrity import watermark
 from common.integrity.keys import ServerKeys, init_federation, write_he_contexts
 from common.integrity.seal import global_context, publish_global
@@ -27,6 +26,7 @@ from common.learning.data import load_split
 from common.learning.dp import check_model
 from common.learning.models import array_spec, get_arrays, initial_model, set_arrays
 from common.learning.training import EvalResult, centralized_reference, evaluate
+from common.processes import peak_rss_mb
 from common.run.records import RoundRecord, RunRecorder, published_metadata
 from common.run.settings import RunSettings
 from common.run.stages import StageClock
@@ -57,7 +57,7 @@ def main(grid: Grid, context: Context) -> None:
     keys = load_or_make_keys(keys_root, sites, settings.clients_per_round or sites, simulation=not settings.keys_dir)
     roster = roster_mod.Roster(list(keys.seal_keys))  # every site with keys; nodes are bound as they enrol
     if settings.secure_mode == "he":  # refuses a context that holds the CKKS secret key, or one too small for the cohort
-        check_he_context(keys.he_public_context(), settings.clients_per_round or len(roster.sites))
+        check_he_context(keys.he_public_context(), min(settings.clients_per_round or len(roster.sites), len(roster.sites)))
     global_arrays = get_arrays(initial_model(settings.dataset, settings.seed))
     spec = array_spec(global_arrays)
     rounds: list[RoundRecord] = []
