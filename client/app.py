@@ -24,8 +24,8 @@ from flwr.common.logger import log
 from client.modes import he as mode_he
 from client.modes import masked as mode_masked
 from common import wire
-from common.errors import InputError, local_reason
-from common.integrity import watermark
+from common.errors import InputError, KeyFileError, local_reason
+from common.integrity import enrol, watermark
 from common.integrity.keys import ClientKeys, client_dir
 from common.integrity.seal import SealError, receive_global, seal_update
 from common.learning import dp
@@ -119,7 +119,8 @@ def train(msg: Message, context: Context) -> Message:
     train_seconds, tick = time.perf_counter() - tick, time.perf_counter()
     seal_key = secrets.token_bytes(32) if injected("forge-update") else keys.seal_key
     if mode == "he":
-        payload = mode_he.build_payload(trained, opened.values(), len(train_data), keys, seal_key, run_name, server_round)
+        payload = mode_he.build_payload(trained, opened.values(), len(train_data), keys, seal_key, run_name, server_round,
+                                        bytes(config.get(wire.CHECK_VALUES, b"")))
     elif mode == "masked":
         payload = mode_masked.build_payload(context, config, trained, opened.values(), client_id, seal_key,
                                             run_name, server_round)
@@ -183,6 +184,30 @@ def masked_stage(msg: Message, context: Context) -> Message:
                                num_examples)
 
 
+@app.query("enrol")
+def enrol_site(msg: Message, context: Context) -> Message:
+    """Prove once per run, with this site's seal key, its site id, its node and its example count.
+    A node without site keys can prove nothing: it names the site it would be, and the server
+    leaves it out (server/enrolment.py)."""
+    settings = RunSettings.from_run_config(context.run_config)
+    config = msg.content[wire.CONFIG]
+    try:
+        client_id, keys = load_site_keys(context.node_config, config)
+    except KeyFileError as exc:
+        log(WARNING, "Cannot enrol: %s", exc)
+        return Message(content=RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: site_id(context.node_config)})}),
+                       reply_to=msg)
+    try:
+        examples = site_examples(settings, context.node_config, client_id)
+    except Exception as exc:  # the server hears why in one line, never this site's local path
+        raise InputError(failed(context, "load its data", exc)) from None
+    tag = enrol.proof(keys.seal_key, str(config[wire.RUN_NAME]), client_id, context.node_id, examples,
+                      bytes(config[wire.NONCE]))
+    content = RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id, wire.NUM_EXAMPLES: examples,
+                                                     wire.ENROL_PROOF: tag})})
+    return Message(content=content, reply_to=msg)
+
+
 @app.query("decrypt")
 def decrypt(msg: Message, context: Context) -> Message:
     """he mode: decrypt the blinded sum the server sends (this site holds the CKKS secret key)."""
@@ -213,13 +238,6 @@ def site_id(node_config: dict) -> str:
     if wire.PARTITION_ID in node_config:
         return str(int(node_config[wire.PARTITION_ID]))
     raise InputError(f"node config needs {wire.KEYS_DIR!r}: this site's key folder")
-
-
-@app.query("hello")
-def hello(msg: Message, context: Context) -> Message:
-    """Say which site this node is (the server binds the node to that site once; server/roster.py)."""
-    return Message(content=RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: site_id(context.node_config)})}),
-                   reply_to=msg)
 
 
 def site_info(node_config: dict, client_id: str, settings: RunSettings) -> SiteInfo:

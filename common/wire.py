@@ -46,7 +46,6 @@ ENCRYPT_SECONDS = "encrypt-seconds"  # METRICS: seconds the site spent encryptin
 # Message types (Flower's "train" / "evaluate" / "query.<name>")
 TRAIN = "train"
 DECRYPT = "query.decrypt"  # he mode: one site decrypts the blinded sum
-HELLO = "query.hello"  # once per node: which site it is (reply CONFIG: CLIENT_ID; server/roster.py)
 
 # Node config keys
 PARTITION_ID = "partition-id"  # simulation: which partition this site holds
@@ -73,3 +72,12 @@ SEAL, PARTNERS = "seal", "partners"  # MASKED (train reply): chunk seals; pairwi
 SURVIVORS, DROPOUTS = "survivors", "dropouts"  # CONFIG (unmask request)
 SEED_OWNERS, SEED_SHARES = "seed-owners", "seed-shares"  # MASKED (unmask reply)
 KEY_OWNERS, KEY_SHARES = "key-owners", "key-shares"
+CHECK_VALUES = "check-values"  # train CONFIG: server-chosen check values the site adds after its update
+#   (masked: uint32 words in reserved slots; he: float64 values encrypted after the update)
+DIGEST_HOLDERS, SHARE_DIGESTS = "digest-holders", "share-digests"  # MASKED (share-keys reply): per holder,
+#   the dealer's SHA-256 digests of the seed share and the key share it dealt (64 bytes)
+
+# enrolment (server/enrolment.py <-> client/app.py; common/integrity/enrol.py computes)
+ENROL = "query.enrol"  # message type: a site proves its id once per run
+NONCE = "nonce"  # CONFIG (enrol request): the server's fresh nonce
+ENROL_PROOF = "enrol-proof"  # CONFIG (enrol reply): the site's proof (with CLIENT_ID and NUM_EXAMPLES)

@@ -34,10 +34,12 @@ from common.run.records import AUDIT, RoundRecord, RunRecorder, published_metada
 from common.run.report import write_report
 from common.run.settings import RunSettings
 from common.run.stages import StageClock
+from server import enrolment
 from server import roster as roster_mod
 from server.dp import round_epsilon, summary_fields
 from server.evaluation import score, server_data
 from server.modes import ROUNDS
+from server.modes.he import check_he_context
 from server.rounds import RoundContext
 from server.stall import STATUS_FINISHED, STATUS_STOPPED, RunStalled, SkipCounter, stall_reason
 
@@ -60,13 +62,14 @@ def main(grid: Grid, context: Context) -> None:
     keys_root = Path(settings.keys_dir) if settings.keys_dir else recorder.folder / "keys"
     sites = settings.clients or len(connected)
     keys = load_or_make_keys(keys_root, sites, settings.clients_per_round or sites, simulation=not settings.keys_dir)
-    roster = roster_mod.Roster(list(keys.seal_keys))  # every site with keys; nodes are bound as they say who they are
-    if settings.secure_mode == "he":
-        keys.he_public_context()  # refuses to run with a context that holds the CKKS secret key
+    roster = roster_mod.Roster(list(keys.seal_keys))  # every site with keys; nodes are bound as they enrol
+    if settings.secure_mode == "he":  # refuses a context that holds the CKKS secret key, or one too small for the cohort
+        check_he_context(keys.he_public_context(), min(settings.clients_per_round or len(roster.sites), len(roster.sites)))
     global_arrays = get_arrays(seeded_model(task, settings.seed))
     test_data, server_eval = server_data(task, simulation=not settings.keys_dir)
     spec = array_spec(global_arrays)
     rounds: list[RoundRecord] = []
+    sim_keys = {} if settings.keys_dir else {wire.SIM_KEYS_DIR: str(keys_root)}  # where simulated sites find keys
     if settings.resume:
         rounds, resumed = recorder.resume()
         if resumed is not None:  # None: no round finished yet, start from the initial model
@@ -76,7 +79,8 @@ def main(grid: Grid, context: Context) -> None:
     skips = SkipCounter(settings.max_skipped_rounds)
     for server_round in range(len(rounds) + 1, settings.num_rounds + 1):
         started = time.perf_counter()
-        node_ids, sampled = roster_mod.round_nodes(grid, roster, settings, recorder, server_round)
+        node_ids, sampled = enrolment.round_nodes(grid, roster, keys, settings, recorder, run_name, server_round,
+                                                  sim_keys)
         clock = StageClock(lambda stage, r=server_round: recorder.progress(r, stage))
         clock.start("watermark")
 
@@ -87,13 +91,11 @@ def main(grid: Grid, context: Context) -> None:
 
         # 2-4. The mode's round: send, check every payload, aggregate what was accepted.
         config = {wire.SERVER_ROUND: server_round, wire.RUN_NAME: run_name, wire.SIGNATURE: signature,
-                  wire.SECURE_MODE: settings.secure_mode}
-        if not settings.keys_dir:
-            config[wire.SIM_KEYS_DIR] = str(keys_root)
+                  wire.SECURE_MODE: settings.secure_mode, **sim_keys}
         ctx = RoundContext(grid=grid, node_ids=node_ids, settings=settings, keys=keys, spec=spec, run_name=run_name,
                            server_round=server_round, published=published, base=watermark.strip(published),
                            record=to_record(published), config=config, recorder=recorder, clock=clock,
-                           names=roster.site_of)
+                           roster=roster)
         result = ROUNDS[settings.secure_mode](ctx)
         if result.arrays is not None:
             global_arrays = result.arrays

@@ -7,7 +7,6 @@ site is reported as such.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,14 +40,13 @@ class Verdict:
         return self.update is not None
 
 
-def site_of(reply: Message, names: Mapping[int, str] | None = None) -> str:
-    """How a site is named in records: the client id it claims, else the site its node is bound to
-    (`names`: node id -> site id, server/roster.py), else its Flower node id."""
+def site_of(reply: Message) -> str:
+    """How a site is named in records: the client id it claims, else its Flower node id."""
     if not reply.has_error():
         config = reply.content.get(wire.CONFIG)
         if isinstance(config, ConfigRecord) and isinstance(config.get(wire.CLIENT_ID), str):
             return config[wire.CLIENT_ID]
-    return (names or {}).get(reply.metadata.src_node_id, f"node-{reply.metadata.src_node_id}")
+    return f"node-{reply.metadata.src_node_id}"
 
 
 def refusal_of(reply: Message) -> Verdict | None:
@@ -72,15 +70,14 @@ def num_examples_of(reply: Message) -> int | str:
 
 
 def check_sealed_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], str]], keys: ServerKeys,
-                       run_name: str, server_round: int, *, recover: bool,
-                       names: Mapping[int, str] | None = None) -> Verdict:
+                       run_name: str, server_round: int, *, recover: bool) -> Verdict:
     """check_reply, then the site's seal: the weights must carry the seal of the site they
     claim to come from, for this run and round. With `recover`, a tampered update within the
     recovery bound is restored bit-exactly and accepted."""
     if (refusal := refusal_of(reply)) is not None:
         return refusal
-    site = site_of(reply, names)
-    verdict = check_reply(reply, spec, names)
+    site = site_of(reply)
+    verdict = check_reply(reply, spec)
     if not verdict.accepted:
         return verdict
     try:
@@ -99,15 +96,14 @@ def check_sealed_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], st
                    global_recovered=bool(metrics.get(wire.GLOBAL_RECOVERED, 0)))
 
 
-def check_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], str]],
-                names: Mapping[int, str] | None = None) -> Verdict:
+def check_reply(reply: Message, spec: dict[str, tuple[tuple[int, ...], str]]) -> Verdict:
     """Accept a reply only if it is a well-formed `none`-mode payload matching `spec`.
 
     Checks: no error reply; an ArrayRecord under "arrays" with exactly the expected names,
     numpy serialization, dtypes and shapes, and only finite values; a positive integer
     "num-examples" in the MetricRecord under "metrics".
     """
-    site = site_of(reply, names)
+    site = site_of(reply)
     if reply.has_error():
         return Verdict(site, reason=f"site reported an error: {reply.error.reason}")
     content = reply.content

@@ -2,12 +2,12 @@
 
 - Registered sites are the server's seal keys (the key folder of `fedseal keys init`, or the keys a
   simulation makes for all `--clients` sites): a site without keys cannot take part.
-- A node is bound to a site once, by a `query.hello` that asks it which site it is (its client id).
-  A node that names no registered site, fails to answer, or names a site another connected node
-  already speaks for is audited `site_unknown` once and left out of every round; it is never asked
-  again while it stays connected.
+- A node is bound to a site only by a successful enrolment (server/enrolment.py): the node proves,
+  with that site's seal key, that it is the site and how many examples it holds; the roster keeps
+  the binding and that count for the run. A node that names a site with no seal key is audited
+  `site_unknown` once and never asked again while it stays connected.
 - Each round's cohort is drawn from the registered sites by (run seed, round) alone, so a resumed
-  run draws the same cohorts. Only the cohort's nodes are sent anything.
+  run draws the same cohorts. Only the cohort's bound nodes are sent anything.
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from common import wire
 from common.errors import FedSealError
 from common.learning.training import derive_seed
 from common.run.records import RunRecorder
 from common.run.settings import RunSettings
-from server.rounds import send_and_receive
 
 WAIT_LOG_SECONDS = 10
 SETTLE_SECONDS = 3.0  # no `clients` count given: the federation is complete once no node joined for this long
@@ -50,10 +47,11 @@ def draw_cohort(sites: list[str], per_round: int, seed: int, server_round: int) 
 
 @dataclass
 class Roster:
-    """The registered sites and the node bound to each (see the module docstring)."""
+    """The registered sites and the node enrolled for each (see the module docstring)."""
 
     sites: list[str]  # registered site ids, in site order
-    node_of: dict[str, int] = field(default_factory=dict)  # site -> the node that speaks for it
+    node_of: dict[str, int] = field(default_factory=dict)  # site -> the node it enrolled from
+    examples: dict[str, int] = field(default_factory=dict)  # site -> its example count, fixed at enrolment
     unknown: set[int] = field(default_factory=set)  # nodes audited site_unknown (never asked again)
 
     def __post_init__(self) -> None:
@@ -61,17 +59,28 @@ class Roster:
         self._registered = set(self.sites)
         self.site_of: dict[int, str] = {nid: site for site, nid in self.node_of.items()}  # node -> site
 
-    def bind(self, site: str, node_id: int, connected: set[int]) -> str | None:
-        """Bind `node_id` to `site`; None if done, else why the node is left out."""
-        if site not in self._registered:
-            return f"names site {site!r}, which has no site keys in this federation"
+    def registered(self, site: str) -> bool:
+        """True when `site` has seal keys in this federation."""
+        return site in self._registered
+
+    def bind(self, site: str, node_id: int, examples: int, connected: set[int]) -> str | None:
+        """Bind `node_id` to `site` with its example count, once the node has proved it is that site
+        (server/enrolment.py); None if done, else why it is not bound. A site bound to a node that
+        is no longer connected moves to the new node."""
+        if not self.registered(site):
+            return f"claims site {site!r}, which has no site keys in this federation"
         holder = self.node_of.get(site)
         if holder is not None and holder != node_id and holder in connected:
-            return f"names site {site!r}, for which node {holder} already speaks"
+            return f"claims site {site!r}, which is enrolled from node {holder}"
         self.site_of.pop(self.node_of.get(site, -1), None)
         self.node_of[site] = node_id
         self.site_of[node_id] = site
+        self.examples[site] = examples
         return None
+
+    def unbound(self, connected: set[int]) -> list[int]:
+        """The connected nodes neither bound to a site nor audited site_unknown, in node order."""
+        return sorted(connected - set(self.site_of) - self.unknown)
 
     def sample_rate(self, settings: RunSettings) -> float:
         """The share of the sites in each round's cohort (K/N; 1.0 when every site takes part)."""
@@ -124,45 +133,6 @@ def settle(grid: Grid, nodes: set[int], timeout: float) -> set[int]:
     return nodes
 
 
-def hello_message(node_id: int) -> Message:
-    """The question a new node answers with its site id (client/app.py `hello`)."""
-    return Message(content=RecordDict({wire.CONFIG: ConfigRecord({})}), dst_node_id=node_id,
-                   message_type=wire.HELLO, group_id="hello")
-
-
-def discover(grid: Grid, roster: Roster, recorder: RunRecorder, connected: set[int], timeout: float,
-             server_round: int) -> None:
-    """Ask every connected node not yet bound (nor left out) which site it is, and bind it.
-    A node that does not answer in time is asked again at the next round."""
-    bound = set(roster.node_of.values())
-    new = sorted(connected - bound - roster.unknown)
-    if not new:
-        return
-    replies = send_and_receive(grid, [hello_message(nid) for nid in new], timeout)
-    for reply in replies:
-        nid = reply.metadata.src_node_id
-        if nid not in new:
-            continue
-        config = None if reply.has_error() else reply.content.get(wire.CONFIG)
-        site = config.get(wire.CLIENT_ID) if isinstance(config, ConfigRecord) else None
-        if reply.has_error():
-            reason = f"did not say which site it is: {reply.error.reason}"
-        elif not isinstance(site, str):
-            reason = f"hello reply holds no {wire.CLIENT_ID!r}"
-        else:
-            reason = roster.bind(site, nid, connected)
-        if reason is not None:
-            roster.unknown.add(nid)
-            recorder.audit("site_unknown", round=server_round, node=nid, reason=reason)
-            log(WARNING, "Node %d left out of the federation: %s", nid, reason)
-    answered = {r.metadata.src_node_id for r in replies}
-    if silent := [nid for nid in new if nid not in answered]:
-        log(WARNING, "%d node(s) did not answer which site they are within %g s; asking again next round",
-            len(silent), timeout)
-    log(INFO, "Roster: %d of %d registered sites bound to a node", len(roster.node_of), len(roster.sites))
-
-
-
 def first_nodes(grid: Grid, settings: RunSettings) -> set[int]:
     """The nodes connected before round 1. Simulation with `clients` N: all N, waiting at most
     round-timeout seconds. Deployment (keys-dir): at least min-clients, however long that takes
@@ -175,20 +145,18 @@ def first_nodes(grid: Grid, settings: RunSettings) -> set[int]:
     return nodes if settings.keys_dir else settle(grid, nodes, timeout)
 
 
-def round_nodes(grid: Grid, roster: Roster, settings: RunSettings, recorder: RunRecorder,
-                server_round: int) -> tuple[list[int], list[str]]:
-    """The nodes this round sends to, and the round's cohort: new nodes are asked who they are,
-    the cohort is drawn, and sites of the cohort with no connected node are audited
-    `sites_absent` by site id. With sampling the cohort is audited `cohort`."""
-    connected = wait_for_nodes(grid, settings.min_clients, None)
-    discover(grid, roster, recorder, connected, float(settings.round_timeout), server_round)
-    cohort = draw_cohort(roster.sites, settings.clients_per_round, settings.seed, server_round)
-    if len(cohort) < len(roster.sites):
-        recorder.audit("cohort", round=server_round, sampled=len(cohort), registered=len(roster.sites),
-                       clients=cohort)
-    nodes, absent = roster.cohort_nodes(cohort, connected)
+def cohort(roster: Roster, settings: RunSettings, recorder: RunRecorder, server_round: int,
+           connected: set[int]) -> tuple[list[int], list[str]]:
+    """The round's cohort and the bound, connected nodes of its sites. The cohort is drawn from
+    the registered sites; its sites with no connected bound node are audited `sites_absent` by
+    site id. With sampling the cohort is audited `cohort`."""
+    sampled = draw_cohort(roster.sites, settings.clients_per_round, settings.seed, server_round)
+    if len(sampled) < len(roster.sites):
+        recorder.audit("cohort", round=server_round, sampled=len(sampled), registered=len(roster.sites),
+                       clients=sampled)
+    nodes, absent = roster.cohort_nodes(sampled, connected)
     if absent:
         recorder.audit("sites_absent", round=server_round, count=len(absent), clients=absent)
-        log(WARNING, "Round %d: %d site(s) of the cohort have no connected node: %s", server_round, len(absent),
+        log(WARNING, "Round %d: %d site(s) of the cohort have no connected, enrolled node: %s", server_round, len(absent),
             ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else ""))
-    return nodes, cohort
+    return nodes, sampled

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from logging import WARNING
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -26,6 +27,9 @@ from common.run.stages import StageClock
 from server.checks import Verdict
 from server.dp import refusal_event, reported_epsilon
 from server.evaluation import site_evaluation
+
+if TYPE_CHECKING:  # server/roster.py sends through this module
+    from server.roster import Roster
 
 Spec = dict[str, tuple[tuple[int, ...], str]]
 FAST_POLL, FAST_POLL_SECONDS, SLOW_POLL = 0.01, 5.0, 0.1  # reply polling: seconds between pulls
@@ -48,7 +52,7 @@ class RoundContext:
     config: dict  # the round's train config
     recorder: RunRecorder
     clock: StageClock
-    names: dict[int, str] = field(default_factory=dict)  # node id -> the site it is bound to (server/roster.py)
+    roster: Roster | None = None  # registered sites and the node each enrolled from (None: replies unattributed)
 
 
 @dataclass
@@ -103,11 +107,17 @@ def send(ctx: RoundContext, messages: list[Message], stage: str,
     if silent:
         reasons = sorted(stand_in_reasons)
         ctx.recorder.audit("replies_missing", round=ctx.server_round, stage=stage, count=len(silent),
-                           clients=[ctx.names.get(n, f"node-{n}") for n in silent], nodes=silent,
+                           clients=[site_name(ctx, n) for n in silent], nodes=silent,
                            **({"flower_errors": [one_line(r) for r in reasons]} if reasons else {}))
         log(WARNING, "Round %d (%s): no reply from %d site(s) within %s s", ctx.server_round, stage,
             len(silent), ctx.settings.round_timeout)
     return replies
+
+
+def site_name(ctx: RoundContext, node_id: int) -> str:
+    """How records name a node: the site it enrolled as, else `node-<id>`."""
+    site = ctx.roster.site_of.get(node_id) if ctx.roster is not None else None
+    return site if site is not None else f"node-{node_id}"
 
 
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:

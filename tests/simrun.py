@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -90,3 +91,31 @@ def simulate_interrupted(*args: str, out: Path, after_round: int) -> int:
     assert_no_leftovers(marker)
     assert proc.returncode in (0, 130), output + _log(out)
     return proc.returncode
+
+
+_HOSTILE_RUN = """
+import io, json, sys
+from pathlib import Path
+from common.launch.simulate import run_child
+from common.run.settings import RunSettings
+from server.engine import SERVER_APP
+settings = RunSettings.from_run_config(json.loads(sys.argv[1]))
+sys.exit(run_child(settings, int(sys.argv[2]), Path(settings.out_dir), verbose=False, out=io.StringIO(),
+                   quiet=True, apps=(SERVER_APP, sys.argv[3])))
+"""
+
+
+def simulate_hostile(client_app: str, clients: int, out: Path, **settings) -> None:
+    """Run a simulation whose sites run the ClientApp component `client_app` (e.g.
+    `tests.e2e.hostile:bad_adverts`) with RunSettings(**settings) into `out`; assert it finished
+    (exit 0, summary written) and left no process behind."""
+    from common.run.settings import RunSettings
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = RunSettings(out_dir=str(out), **settings).to_run_config()
+    env, marker = _env()
+    proc = subprocess.run([sys.executable, "-c", _HOSTILE_RUN, json.dumps(config), str(clients), client_app],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + _log(out)
+    assert (out / records.SUMMARY).exists(), _log(out)
+    assert_no_leftovers(marker)

@@ -18,12 +18,15 @@ PAYLOAD_KIND = "he"  # bound into the chunk seals: an he payload cannot pass as 
 
 
 def build_payload(trained: dict[str, np.ndarray], base: dict[str, np.ndarray], num_examples: int,
-                  keys: ClientKeys, seal_key: bytes, run_name: str, server_round: int) -> RecordDict:
+                  keys: ClientKeys, seal_key: bytes, run_name: str, server_round: int,
+                  checks: bytes = b"") -> RecordDict:
     """The records a site returns in he mode: its update (trained - base) times its example count,
-    encrypted under the federation's CKKS key (on every core for a large model), and one seal tag
-    per ciphertext. Integer and bool buffers are not sent: they are not averaged (averaged_spec)."""
+    followed by the server's check values (float64 `checks`, encrypted as they are), encrypted under
+    the federation's CKKS key (on every core for a large model), and one seal tag per ciphertext.
+    Integer and bool buffers are not sent: they are not averaged (averaged_spec)."""
     spec = averaged_spec(array_spec(trained))
-    delta = flatten(trained, spec) - flatten(base, spec)
+    values = np.frombuffer(bytes(checks), np.float64)
+    delta = np.concatenate([flatten(trained, spec) - flatten(base, spec), values / float(num_examples)])
     chunks = he.encrypt(delta, float(num_examples), keys.he_secret_context(), workers=os.cpu_count() or 1)
     tags = seal_chunks(chunks, seal_key, run_name, server_round, keys.client_id, PAYLOAD_KIND)
     return RecordDict({wire.HE_CIPHERTEXTS: ConfigRecord({wire.CHUNKS: chunks}),

@@ -60,8 +60,10 @@ def handle_query(msg: Message, context: Context, settings: RunSettings, client_i
         verify_digest(keys.server_public_key, secagg.signed_digest(roster), bytes(config[wire.ROSTER_SIGNATURE]))
         out = site.share_keys(roster, key)
         destinations = sorted(out.ciphertexts)
+        holders = sorted(out.digests)
         reply = {wire.DESTINATIONS: destinations, wire.CIPHERTEXTS: [out.ciphertexts[d] for d in destinations],
-                 wire.COMMITMENT: out.commitment, wire.MASKED_TAG: out.tag}
+                 wire.COMMITMENT: out.commitment, wire.MASKED_TAG: out.tag, wire.DIGEST_HOLDERS: holders,
+                 wire.SHARE_DIGESTS: [out.digests[h] for h in holders]}
     elif stage == wire.STAGE_UNMASK:
         if fault_id is not None and inject.wanted(settings.injections, "drop-late", fault_id, server_round):
             raise inject.Vanished(f"site {client_id} vanishes after sending its masked vector (injected)")
@@ -94,7 +96,8 @@ def build_payload(context: Context, config: ConfigRecord, trained: dict[str, np.
     site.receive_shares(dict(zip(sources, blobs)))
     spec = averaged_spec(array_spec(trained))  # integer and bool buffers are not averaged: not sent
     delta = flatten(trained, spec, np.float32) - flatten(base, spec, np.float32)
-    upload = site.mask(delta, secagg.round_key(seal_key, run_name, server_round, client_id))
+    checks = np.frombuffer(bytes(config.get(wire.CHECK_VALUES, b"")), np.uint32)
+    upload = site.mask(delta, secagg.round_key(seal_key, run_name, server_round, client_id), checks)
     _save(context, site)
     return RecordDict({
         wire.MASKED_VECTOR: ArrayRecord({wire.VECTOR: Array(upload.vector)}),

@@ -47,9 +47,14 @@ EVENT_TEXT = {
     "site_unknown": "node left out of the federation: it names no site with keys here",
     "sites_absent": "sites of the round's cohort with no connected node",
     "cohort": "sites sampled into the round",
+    "site_enrolled": "node proved with the site's seal key that it is this site (once per run)",
+    "enrolment_rejected": "node's proof of its site id failed: it takes no part (named by node)",
+    "site_rejected": "site left out: its example count is above max-site-weight",
+    "aggregate_check_failed": "aggregate refused: the check values did not hold; the model stays as it was",
 }
 BAD_EVENTS = {"update_rejected", "global_refused", "round_skipped", "replies_missing", "shares_rejected",
-              "decrypt_failed", "site_failed", "run_stopped", "site_unknown", "sites_absent"}
+              "decrypt_failed", "site_failed", "run_stopped", "site_unknown", "sites_absent",
+              "enrolment_rejected", "site_rejected", "aggregate_check_failed"}
 
 
 def event_text(event: Any) -> str:

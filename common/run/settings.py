@@ -47,6 +47,7 @@ RUN_CONFIG_KEYS = {
     "label-column": "label_column",
     "classes": "classes",
     "hidden": "hidden",
+    "max-site-weight": "max_site_weight",
 }
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -98,6 +99,9 @@ class RunSettings:
         label_column (str, "label"): csv task: the column holding the class label.
         classes (int, 2): csv task: number of classes (labels 0..classes-1).
         hidden (str, "32"): csv task: the MLP's hidden layer sizes, comma-separated.
+        max_site_weight (float, 0.5): the largest FedAvg weight n / sum(n) one site may carry in a
+            round, in (0, 1]; a site above it is left out of the round and audited. Applies when
+            more than 1/max_site_weight sites take part.
     """
 
     dataset: str = "breast-cancer"
@@ -126,6 +130,7 @@ class RunSettings:
     label_column: str = "label"
     classes: int = 2
     hidden: str = "32"
+    max_site_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -163,6 +168,9 @@ class RunSettings:
             if not isinstance(value, str):
                 raise InputError(f"{key} must be a string, got {value!r}")
         _require_int(self.classes, "classes", 2)
+        w = self.max_site_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and 0 < w <= 1):
+            raise InputError(f"max-site-weight must be a number in (0, 1], got {w!r}")
         dp = parse_dp(self.dp)
         if self.secure_mode != "none":
             self._check_secure_mode(dp)

@@ -137,6 +137,11 @@ def _split(ctx_bytes: bytes) -> tuple[bytes, int, int, bytes, bytes]:
     return kind, scale_bits, max_sites, parms_bytes, sk_bytes
 
 
+def max_sites(ctx_bytes: bytes) -> int:
+    """The most sites one sum under this context (secret or public) may hold."""
+    return _split(ctx_bytes)[2]
+
+
 def assert_no_secret(public_context_bytes: bytes) -> None:
     """Raise HEError (an InputError) unless these are well-formed FedSeal HE context bytes
     that hold no secret key. The server calls this on the context it is given."""
@@ -424,18 +429,28 @@ def decrypt_raw(summed: Summed, secret_ctx: bytes, *, workers: int = 1) -> np.nd
     return out
 
 
+def remove_mask(raw: np.ndarray, mask: np.ndarray, ctx_bytes: bytes) -> np.ndarray:
+    """Server side: the sum's plaintext coefficients (uint64) from a site's decryption of the
+    blinded sum and its mask. Decryption is exact, so two honest sites' results agree bit for bit."""
+    ctx = _load(bytes(ctx_bytes))
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint64 or raw.shape != mask.shape:
+        raise HEError(f"decrypted coefficients of shape {raw.shape} ({raw.dtype}) do not match the "
+                      f"blinded sum {mask.shape}")
+    q = np.uint64(ctx.modulus)
+    if np.any(raw >= q):
+        raise HEError("decrypted coefficients out of range (not below the modulus)")
+    return np.where(raw >= mask, raw - mask, raw + (q - mask))
+
+
 def unblind(raw: np.ndarray, mask: np.ndarray, ctx_bytes: bytes, length: int) -> np.ndarray:
     """Server side: the float64 sum (first `length` reals) from the decrypted coefficients of the
     blinded sum and the mask `Sum.blinded` returned."""
     ctx = _load(bytes(ctx_bytes))
     raw = np.asarray(raw)
-    if raw.dtype != np.uint64 or raw.shape != mask.shape or length < 1 or raw.shape[0] != n_chunks(length):
-        raise HEError(f"decrypted coefficients of shape {raw.shape} ({raw.dtype}) do not match the "
-                      f"blinded sum {mask.shape} of {length} values")
-    q = np.uint64(ctx.modulus)
-    if np.any(raw >= q):
-        raise HEError("decrypted coefficients out of range (not below the modulus)")
-    coeffs = np.where(raw >= mask, raw - mask, raw + (q - mask))
+    if length < 1 or raw.shape[:1] != (n_chunks(length),):
+        raise HEError(f"decrypted coefficients of shape {raw.shape} do not match {length} values")
+    coeffs = remove_mask(raw, mask, ctx_bytes)
     out = np.empty(raw.shape[0] * CHUNK)
     decoded = sealapi.Plaintext()
     with scratch() as path:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import random
@@ -50,6 +51,7 @@ SHARES = "masked-shares"
 MASKED = "masked-vector"
 REVEAL = "masked-reveal"
 _COMMIT_TAG = b"fedseal/masked/seed-commitment/v1"
+_SHARE_DIGEST_TAG = b"fedseal/masked/share-digest/v1"
 
 
 ROUND_KEY_PURPOSE = "masked"
@@ -62,7 +64,12 @@ def round_key(seal_key: bytes, run_name: str, server_round: int, site: str) -> b
 
 
 class ProtocolError(InputError):
-    """A protocol message is inconsistent (bad roster, unknown site, too few neighbours...)."""
+    """A protocol message is inconsistent (bad roster, unknown site, too few neighbours...);
+    `culprit`: the site proven at fault, when the protocol can tell."""
+
+    def __init__(self, message: str, culprit: str | None = None):
+        super().__init__(message)
+        self.culprit = culprit
 
 
 def _b64(data: bytes) -> str:
@@ -203,10 +210,26 @@ class Roster:
                    threshold if threshold is not None else default_threshold(smallest), clip)
 
 
-def check_advert(advert: Advert, round_key: bytes, run_name: str, server_round: int) -> None:
-    """Server side: raise MaskSealError unless the advert carries the site's seal for this round."""
+def check_advert(advert: Advert, round_key: bytes, run_name: str, server_round: int,
+                 accepted: list[Advert] = ()) -> None:
+    """Server side, per site: raise MaskSealError unless the advert carries the site's seal for
+    this round, ProtocolError unless it fits a roster next to the `accepted` adverts (two 32-byte
+    X25519 public keys of its own, distinct from every accepted one; examples an integer >= 1;
+    a site id not yet advertised). A bad advert leaves out its site only, never the round."""
     context = masking.round_context(run_name, server_round)
     masking.check_message(advert.tag, round_key, ADVERT, *advert.fields(context))
+    for name, key in (("mask", advert.mask_key), ("encryption", advert.enc_key)):
+        if len(key) != ss.PUBLIC_LEN:
+            raise ProtocolError(f"its {name} public key is {len(key)} bytes, an X25519 key is {ss.PUBLIC_LEN}")
+    if advert.mask_key == advert.enc_key:
+        raise ProtocolError("its two public keys are identical")
+    if isinstance(advert.examples, bool) or not isinstance(advert.examples, int) or advert.examples < 1:
+        raise ProtocolError(f"its number of examples must be an integer >= 1, got {advert.examples!r}")
+    for other in accepted:
+        if other.site == advert.site:
+            raise ProtocolError(f"site {advert.site!r} has already advertised in this round")
+        if {advert.mask_key, advert.enc_key} & {other.mask_key, other.enc_key}:
+            raise ProtocolError(f"a public key equals one of site {other.site!r}'s")
 
 
 def signed_digest(data: bytes) -> bytes:
@@ -230,16 +253,42 @@ def commitment(context: bytes, site: str, seed: bytes) -> bytes:
 
 @dataclass
 class SharesOut:
-    """A site's share-keys reply: encrypted shares per neighbour, seed commitment, seal."""
+    """A site's share-keys reply: encrypted shares per neighbour, seed commitment, seal, and the
+    dealer's digest of every share it dealt (holder -> seed-share digest + key-share digest), so
+    the server can check each share a holder reveals."""
 
     ciphertexts: dict[str, bytes]
     commitment: bytes
     tag: bytes
+    digests: dict[str, bytes] = dc_field(default_factory=dict)
 
 
 def shares_fields(context: bytes, site: str, out: SharesOut) -> tuple:
     items = [x for dst in sorted(out.ciphertexts) for x in (dst, out.ciphertexts[dst])]
+    items += [x for h in sorted(out.digests) for x in (h, out.digests[h])]
     return (context, site, out.commitment, *items)
+
+
+def share_digest(context: bytes, dealer: str, holder: str, kind: str, share: bytes) -> bytes:
+    """SHA-256 of one dealt share, bound to round, dealer, holder and kind (a share is 32 uniform
+    bytes plus its index, so the digest hides it)."""
+    return hashlib.sha256(_SHARE_DIGEST_TAG + ss.field(context) + ss.field(dealer) + ss.field(holder)
+                          + ss.field(kind) + bytes(share)).digest()
+
+
+def check_revealed(context: bytes, holder: str, kind: str, revealed: dict[str, bytes],
+                   dealt: dict[str, SharesOut]) -> tuple[dict[str, bytes], list[str]]:
+    """(the shares of `revealed` (owner -> share) that match their dealer's digest for `holder`,
+    the owners whose share does not). `kind` is SEED_SHARE or KEY_SHARE."""
+    half = 0 if kind == SEED_SHARE else 32
+    good, bad = {}, []
+    for owner, share in revealed.items():
+        expected = dealt[owner].digests.get(holder, b"")[half:half + 32] if owner in dealt else b""
+        if len(expected) == 32 and hmac.compare_digest(expected, share_digest(context, owner, holder, kind, share)):
+            good[owner] = share
+        else:
+            bad.append(owner)
+    return good, bad
 
 
 @dataclass
@@ -314,14 +363,19 @@ class MaskedSite:
         holders = roster.holders(self.site)
         seed_shares = ss.split_secret(self.seed, roster.threshold, len(holders))
         key_shares = ss.split_secret(self.mask_private, roster.threshold, len(holders))
-        ciphertexts = {}
+        ciphertexts, digests = {}, {}
         for holder, a, b in zip(holders, seed_shares, key_shares, strict=True):
+            digests[holder] = (share_digest(self.context, self.site, holder, SEED_SHARE, a)
+                               + share_digest(self.context, self.site, holder, KEY_SHARE, b))
             if holder == self.site:
                 self.seed_shares[self.site], self.key_shares[self.site] = a, b
                 continue
-            secret = ss.agree(self.enc_private, roster.enc_keys[holder])
+            try:
+                secret = ss.agree(self.enc_private, roster.enc_keys[holder])
+            except ss.ShareError:  # a peer with an unusable key gets no shares: no pairwise mask with it
+                continue
             ciphertexts[holder] = ss.encrypt_for(secret, self.context, self.site, holder, a + b)
-        out = SharesOut(ciphertexts, commitment(self.context, self.site, self.seed), b"")
+        out = SharesOut(ciphertexts, commitment(self.context, self.site, self.seed), b"", digests)
         out.tag = masking.tag_message(round_key, SHARES, *shares_fields(self.context, self.site, out))
         self.stage = "shared"
         return out
@@ -351,21 +405,30 @@ class MaskedSite:
         roster = self._roster()
         return tuple(o for o in roster.neighbours[self.site] if o in self.key_shares)
 
-    def mask(self, delta: np.ndarray, round_key: bytes) -> MaskedUpload:
-        """Stage 3b: the sealed masked vector of `weight * delta` (flat float32 delta)."""
+    def mask(self, delta: np.ndarray, round_key: bytes, checks: np.ndarray | None = None) -> MaskedUpload:
+        """Stage 3b: the sealed masked vector of `weight * delta` (flat float32 delta), followed by
+        the server's `checks` (uint32 words, `check_values`) in reserved slots, masked too."""
         if self.stage != "shared":
             raise ProtocolError(f"site {self.site!r}: no shared keys to mask with in round {self.server_round}")
         roster = self._roster()
-        partners = self.partners()
+        masks = [(masking.self_mask_key(self.seed, self.context, self.site), 1)]
+        partners = []
+        for other in self.partners():
+            try:
+                agreement = ss.agree(self.mask_private, roster.mask_keys[other])
+            except ss.ShareError:  # a peer with an unusable mask key: left out, not the whole round
+                continue
+            partners.append(other)
+            masks.append((masking.pair_mask_key(agreement, self.context, self.site, other),
+                          masking.pair_sign(self.site, other)))
+        partners = tuple(partners)
         if len(partners) + 1 < roster.threshold:
             raise ProtocolError(f"site {self.site!r}: {len(partners)} neighbours left, "
                                 f"{roster.threshold - 1} needed to go on")
-        masks = [(masking.self_mask_key(self.seed, self.context, self.site), 1)]
-        for other in partners:
-            agreement = ss.agree(self.mask_private, roster.mask_keys[other])
-            masks.append((masking.pair_mask_key(agreement, self.context, self.site, other),
-                          masking.pair_sign(self.site, other)))
+        checks = np.zeros(0, np.uint32) if checks is None else np.asarray(checks, np.uint32).reshape(-1)
+        delta = np.concatenate([np.asarray(delta, np.float32).reshape(-1), np.zeros(checks.size, np.float32)])
         vector = masking.mask_update(delta, roster.weight(self.site), roster.quantizer, masks)
+        vector[vector.size - checks.size:] += checks  # mod 2^32: the masks still cover them
         seal = masking.seal_chunks(vector, round_key)
         tag = masking.tag_message(round_key, MASKED, *upload_fields(self.context, self.site, vector.size, partners))
         self.stage = "masked"
@@ -420,6 +483,23 @@ def reveal_fields(context: bytes, site: str, seeds: dict[str, bytes], keys: dict
 # --- the server's side -------------------------------------------------------------------------
 
 
+CHECK_SLOTS = 4  # reserved words after each site's update: a corrupted sum passes with odds 2^-128
+
+
+def check_values() -> np.ndarray:
+    """Fresh random uint32 words the server asks one site to add in its reserved slots."""
+    return np.frombuffer(os.urandom(4 * CHECK_SLOTS), np.uint32).copy()
+
+
+def checks_hold(total: np.ndarray, checks: list[np.ndarray]) -> bool:
+    """Whether the unmasked sum's reserved slots (its last words) hold exactly the sum of the
+    summed sites' check values mod 2^32: else a vector or a mask removal was wrong."""
+    expected = np.zeros(CHECK_SLOTS, np.uint32)
+    for c in checks:
+        expected += c
+    return bool(np.array_equal(np.asarray(total).view(np.uint32)[-CHECK_SLOTS:], expected))
+
+
 @dataclass(frozen=True)
 class Unmasked:
     """The unmasked result: the weighted mean delta of the survivors (flat float32), the exact
@@ -451,7 +531,8 @@ def unmask(roster: Roster, masked: dict[str, np.ndarray], partners: dict[str, tu
     for s in survivors:
         seed = _rebuild(seed_shares.get(s, []), roster.threshold, f"the self-mask seed of site {s!r}")
         if commitments.get(s) != commitment(context, s, seed):
-            raise ProtocolError(f"the rebuilt self-mask seed of site {s!r} does not match its commitment")
+            raise ProtocolError(f"the rebuilt self-mask seed of site {s!r} does not match its commitment: "
+                                "it dealt inconsistent shares", culprit=s)
         removals.append((masking.self_mask_key(seed, context, s), -1))
     dropped = set(dropouts)
     for d in sorted(dropped, key=masking.order_key):
@@ -460,7 +541,8 @@ def unmask(roster: Roster, masked: dict[str, np.ndarray], partners: dict[str, tu
             continue
         key = _rebuild(key_shares.get(d, []), roster.threshold, f"the mask key of site {d!r}")
         if ss.public_of(key) != roster.mask_keys[d]:
-            raise ProtocolError(f"the rebuilt mask key of site {d!r} does not match its public key")
+            raise ProtocolError(f"the rebuilt mask key of site {d!r} does not match its public key: "
+                                "it dealt inconsistent shares", culprit=d)
         for s in users:
             agreement = ss.agree(key, roster.mask_keys[s])
             removals.append((masking.pair_mask_key(agreement, context, s, d), -masking.pair_sign(s, d)))

@@ -7,7 +7,7 @@ sees ciphertexts, and the sum."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 from dataclasses import dataclass
 from logging import INFO, WARNING
 
@@ -16,11 +16,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
 from common import wire
-from common.errors import KeyFileError
+from common.errors import InputError, KeyFileError
 from common.integrity.seal import CHUNK_TAG_BYTES, SealError, check_chunks
 from common.learning.models import add_mean_update, averaged_spec, param_count
-from common.secure import he
-from server.checks import Verdict, num_examples_of, payload_bytes, refusal_of, site_of
+from common.secure import he, masking
+from server.checks import Verdict, num_examples_of, payload_bytes, refusal_of
+from server.enrolment import Attribution, examples_problem
 from server.rounds import (
     RoundContext,
     RoundResult,
@@ -31,10 +32,12 @@ from server.rounds import (
     note_rejection,
     send,
     site_metrics,
-    train_messages,
 )
 
 PAYLOAD_KIND = "he"  # the kind the sites bind into their chunk seals (client/modes/he.py)
+CHECK_SLOTS = 8  # server-chosen values each site encrypts after its update (client/modes/he.py)
+CHECK_TOLERANCE = 1e-4  # CKKS error of a 100-site sum is ~1e-7; garbage from another key is ~1e5
+MAX_MEAN_UPDATE = masking.DEFAULT_CLIP  # the per-parameter range masked mode clips updates to
 MAX_CHUNK_BYTES = 2 * 8 * he.POLY_MODULUS_DEGREE + 4096  # an unseeded ciphertext, with room for headers
 
 
@@ -47,36 +50,52 @@ class Upload:
     node_id: int
 
 
+def check_he_context(public: bytes, cohort: int) -> None:
+    """InputError unless the federation's HE context can hold the sum of a whole cohort."""
+    if cohort > (limit := he.max_sites(public)):
+        raise InputError(f"secure-mode he: the federation's HE context sums at most {limit} sites, a round's cohort "
+                         f"holds {cohort}; set clients-per-round to at most {limit}")
+
+
 def run_round(ctx: RoundContext) -> RoundResult:
     """Send the global model, check and add every site's ciphertexts, decrypt the blinded sum."""
     public = ctx.keys.he_public_context()  # refuses a context that holds the secret key
     length = param_count(averaged_spec(ctx.spec))  # integer buffers are not encrypted: not averaged
-    count = he.n_chunks(length)
-    messages = train_messages(ctx)
+    count = he.n_chunks(length + CHECK_SLOTS)
+    checks = {nid: check_values() for nid in ctx.node_ids}  # each site encrypts its own after its update
+    messages = [message(ctx, nid, wire.TRAIN, RecordDict({wire.ARRAYS: ctx.record, wire.CONFIG: ConfigRecord(
+        {**ctx.config, wire.CHECK_VALUES: checks[nid].tobytes()})})) for nid in ctx.node_ids]
     result = RoundResult(bytes_down=payload_bytes(ctx.record) * len(messages))
     total = he.Sum(public, count)
-    total_examples = 0
+    total_examples, expected = 0, np.zeros(CHECK_SLOTS)
     decryptors: list[tuple[str, int]] = []
     metrics: list = []
+    senders = Attribution(ctx, result, "train")
 
-    def add(reply: Message) -> None:  # each reply is checked and summed as it arrives, then dropped
-        nonlocal total_examples
+    def add(reply: Message) -> None:  # each reply is attributed, checked and summed as it arrives, then dropped
+        nonlocal total_examples, expected
         metrics.extend(site_metrics([reply]))
         result.bytes_up += upload_bytes(reply)
-        verdict, upload = check_he_reply(reply, ctx, count)
+        if (site := senders.site(reply)) is None:
+            return
+        verdict, upload = check_he_reply(reply, ctx, count, site)
         if verdict.refused:
             note_refusal(ctx, result, verdict, reply)
             return
         if upload is None:
-            note_rejection(ctx, result, verdict.site, verdict.reason)
+            note_rejection(ctx, result, site, verdict.reason)
+            return
+        if problem := examples_problem(ctx, site, upload.num_examples):
+            note_rejection(ctx, result, site, problem)
             return
         try:
-            total.add_site(upload.chunks, f"site {verdict.site}")
+            total.add_site(upload.chunks, f"site {site}")
         except he.HEError as exc:  # other parameters, truncated, garbled: this site only
-            note_rejection(ctx, result, verdict.site, f"malformed ciphertext: {exc}")
+            note_rejection(ctx, result, site, f"malformed ciphertext: {exc}")
             return
         total_examples += upload.num_examples
-        decryptors.append((verdict.site, upload.node_id))
+        expected = expected + checks.get(upload.node_id, np.zeros(CHECK_SLOTS))
+        decryptors.append((site, upload.node_id))
         note_accepted(ctx, result, verdict, reply)
 
     def timed_add(reply: Message) -> None:
@@ -89,27 +108,49 @@ def run_round(ctx: RoundContext) -> RoundResult:
 
     if not enough(ctx, total.sites):  # fewer sites than min-clients: the sum is never decrypted
         return result
-    ctx.clock.start("aggregate")
-    blinded, mask = total.blinded()
     ctx.clock.start("decrypt")
-    summed = decrypt_blinded(ctx, result, blinded, decryptors, lambda raw: he.unblind(raw, mask, public, length))
+    summed = decrypt_checked(ctx, result, total, decryptors, public, length + CHECK_SLOTS)
     if summed is None:
-        ctx.recorder.audit("round_skipped", round=ctx.server_round, reason="no site decrypted the sum")
-        log(WARNING, "Round %d skipped: no site decrypted the sum; the global model stays as it was",
-            ctx.server_round)
+        reason = "no site decrypted the sum, or no two decryptions agreed"
+        ctx.recorder.audit("round_skipped", round=ctx.server_round, reason=reason)
+        log(WARNING, "Round %d skipped: %s; the global model stays as it was", ctx.server_round, reason)
         return result
     ctx.clock.start("aggregate")
-    mean_update = summed / total_examples
+    mean_update = summed[:length] / total_examples
+    if (problem := aggregate_problem(summed[length:], expected, mean_update)) is not None:
+        ctx.recorder.audit("aggregate_check_failed", round=ctx.server_round, sites=len(result.used), reason=problem)
+        log(WARNING, "Round %d: %s; the global model stays as it was", ctx.server_round, problem)
+        result.used = []
+        return result
     result.arrays = add_mean_update(ctx.base, ctx.spec, mean_update)
     return result
 
 
-def check_he_reply(reply: Message, ctx: RoundContext, count: int) -> tuple[Verdict, Upload | None]:
+def check_values() -> np.ndarray:
+    """Fresh server-chosen values in [-1, 1) one site encrypts in the slots after its update."""
+    return np.random.default_rng(int.from_bytes(os.urandom(16), "big")).uniform(-1, 1, CHECK_SLOTS)
+
+
+def aggregate_problem(slots: np.ndarray, expected: np.ndarray, mean_update: np.ndarray) -> str | None:
+    """Why a decrypted sum must not become the model, or None: its check slots must reproduce the
+    summed sites' check values (to CKKS precision), and the mean update must stay finite and
+    within MAX_MEAN_UPDATE (a second line of defence)."""
+    error = float(np.max(np.abs(slots - expected))) if np.all(np.isfinite(slots)) else float("inf")
+    if not error <= CHECK_TOLERANCE:
+        return (f"the decrypted sum misses the sites' check values by {error:.3g} (tolerance {CHECK_TOLERANCE}): "
+                "a ciphertext under another key, or a wrong decryption")
+    peak = float(np.max(np.abs(mean_update))) if np.all(np.isfinite(mean_update)) else float("inf")
+    if not peak <= MAX_MEAN_UPDATE:
+        return f"the decrypted mean update reaches {peak:.3g}, above the bound {MAX_MEAN_UPDATE}"
+    return None
+
+
+def check_he_reply(reply: Message, ctx: RoundContext, count: int, site: str) -> tuple[Verdict, Upload | None]:
     """The site's refusal, a rejection with its reason, or its checked upload: `count` ciphertexts
-    of sane size, each carrying the site's valid seal for this run and round."""
+    of sane size, each carrying `site`'s valid seal (the site the reply is attributed to) for this
+    run and round."""
     if (refusal := refusal_of(reply)) is not None:
         return refusal, None
-    site = site_of(reply, ctx.names)
 
     def reject(reason: str) -> tuple[Verdict, None]:
         return Verdict(site, reason=reason), None
@@ -159,38 +200,65 @@ def upload_bytes(reply: Message) -> int:
                for v in (_byte_list(reply.content.get(key), record_key) or []))
 
 
-def decrypt_blinded(ctx: RoundContext, result: RoundResult, blinded: he.Summed, decryptors: list[tuple[str, int]],
-                    unblind: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
-    """Ask one site to decrypt the blinded sum and return `unblind(its coefficients)`: the round's
-    turn in the rotation first, then the next accepted site whenever one fails or does not answer
-    in time. None if none did."""
-    if not decryptors:
-        return None
-    decryptors = sorted(decryptors, key=lambda d: (len(d[0]), d[0]))  # by site id, not by arrival
-    start = (ctx.server_round - 1) % len(decryptors)
-    content = RecordDict({wire.HE_SUM: ArrayRecord({wire.C0: Array(blinded.c0)}),
-                          wire.HE_CIPHERTEXTS: ConfigRecord({wire.SEEDS: blinded.seeds}),
-                          wire.CONFIG: ConfigRecord(ctx.config)})
-    expected = blinded.c0.shape
-    for site, node_id in decryptors[start:] + decryptors[:start]:
+def decrypt_checked(ctx: RoundContext, result: RoundResult, total: he.Sum, decryptors: list[tuple[str, int]],
+                    public: bytes, length: int) -> np.ndarray | None:
+    """The decrypted sum (first `length` reals), checked by two sites: the round's turn in the
+    rotation and the next each decrypt the sum under their own independent random mask; their
+    results (exact plaintext coefficients) must agree bit for bit. On a mismatch, or when one fails
+    or does not answer, the next site is asked, until two agree; every site whose result differs
+    from the agreed one is named (`decrypt_failed`). With a single decryptor its result stands
+    (the check values still guard it). None if none answered or no two agree."""
+    order = sorted(decryptors, key=lambda d: (len(d[0]), d[0]))  # by site id, not by arrival
+    start = (ctx.server_round - 1) % len(order) if order else 0
+    pending = order[start:] + order[:start]
+    answers: list[tuple[str, np.ndarray]] = []
+    while pending:
+        batch, pending = pending[:2 - min(len(answers), 1)], pending[2 - min(len(answers), 1):]
+        answers += _ask_decrypt(ctx, result, total, batch, public)
+        agreed = next((a for i, (_, a) in enumerate(answers) for _, b in answers[i + 1:] if np.array_equal(a, b)), None)
+        if agreed is not None:
+            witnesses = [s for s, a in answers if np.array_equal(a, agreed)]
+            for site, coeffs in answers:
+                if not np.array_equal(coeffs, agreed):
+                    ctx.recorder.audit("decrypt_failed", round=ctx.server_round, client=site,
+                                       reason=f"its decryption of the sum differs from that of sites {witnesses}")
+                    log(WARNING, "Round %d: site %s decrypted the sum wrongly", ctx.server_round, site)
+            return he.unblind(agreed, np.zeros_like(agreed), public, length)
+    if len(answers) == 1:  # every other decryptor failed or was silent: availability first
+        return he.unblind(answers[0][1], np.zeros_like(answers[0][1]), public, length)
+    return None
+
+
+def _ask_decrypt(ctx: RoundContext, result: RoundResult, total: he.Sum, batch: list[tuple[str, int]],
+                 public: bytes) -> list[tuple[str, np.ndarray]]:
+    """Ask each site of `batch` (at once) to decrypt the sum under a fresh mask of its own; return
+    (site, the sum's plaintext coefficients) of each that answered well; audit the others."""
+    masks, messages = {}, []
+    for site, node_id in batch:
+        blinded, masks[node_id] = total.blinded()
+        messages.append(message(ctx, node_id, wire.DECRYPT, RecordDict({
+            wire.HE_SUM: ArrayRecord({wire.C0: Array(blinded.c0)}),
+            wire.HE_CIPHERTEXTS: ConfigRecord({wire.SEEDS: blinded.seeds}), wire.CONFIG: ConfigRecord(ctx.config)})))
         result.bytes_down += blinded.c0.nbytes + sum(map(len, blinded.seeds))
-        replies = send(ctx, [message(ctx, node_id, wire.DECRYPT, content)], "decrypt")
-        reason = "no reply in time"
-        for reply in replies:
-            record = None if reply.has_error() else reply.content.get(wire.DECRYPTED)
+    replies = {r.metadata.src_node_id: r for r in send(ctx, messages, "decrypt")}
+    out = []
+    for site, node_id in batch:
+        reply, reason = replies.get(node_id), "no reply in time"
+        if reply is not None and reply.has_error():
+            reason = f"error: {reply.error.reason}"
+        elif reply is not None:
+            record = reply.content.get(wire.DECRYPTED)
             array = record.get(wire.COEFFICIENTS) if isinstance(record, ArrayRecord) else None
-            if isinstance(array, Array) and array.dtype == "uint64" and tuple(array.shape) == expected:
+            reason = "reply holds no coefficients of the expected shape"
+            if isinstance(array, Array) and array.dtype == "uint64" and tuple(array.shape) == masks[node_id].shape:
                 result.bytes_up += len(array.data)
                 try:
-                    summed = unblind(array.numpy())
+                    out.append((site, he.remove_mask(array.numpy(), masks[node_id], public)))
+                    ctx.recorder.audit("sum_decrypted", round=ctx.server_round, client=site, sites=len(result.used))
+                    log(INFO, "Round %d: site %s decrypted the blinded sum", ctx.server_round, site)
+                    continue
                 except (he.HEError, ValueError) as exc:
                     reason = f"bad coefficients: {exc}"
-                    continue
-                ctx.recorder.audit("sum_decrypted", round=ctx.server_round, client=site, sites=len(result.used))
-                log(INFO, "Round %d: site %s decrypted the blinded sum", ctx.server_round, site)
-                return summed
-            reason = (f"error: {reply.error.reason}" if reply.has_error() else
-                      "reply holds no coefficients of the expected shape")
         ctx.recorder.audit("decrypt_failed", round=ctx.server_round, client=site, reason=reason)
-        log(WARNING, "Round %d: site %s did not decrypt the sum (%s); asking another", ctx.server_round, site, reason)
-    return None
+        log(WARNING, "Round %d: site %s did not decrypt the sum (%s)", ctx.server_round, site, reason)
+    return out

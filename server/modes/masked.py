@@ -30,7 +30,8 @@ from common.errors import FedSealError
 from common.integrity.keys import sign_digest
 from common.learning.models import add_mean_update, averaged_spec, param_count
 from common.secure import masking, secagg
-from server.checks import Verdict, payload_bytes, site_of
+from server.checks import Verdict, payload_bytes
+from server.enrolment import attribute, examples_problem
 from server.rounds import (
     RoundContext,
     RoundResult,
@@ -67,14 +68,17 @@ def run_round(ctx: RoundContext) -> RoundResult:
     ctx.clock.start("setup")
     replies = send(ctx, [_query(ctx, nid, wire.STAGE_SETUP) for nid in ctx.node_ids], "masked setup")
     adverts, node_of = [], {}
-    for reply in _usable(ctx, replies, "setup"):
-        site, rec = _site_record(reply)
+    for site, reply in _usable(ctx, result, replies, "setup"):
+        rec = _record(reply)
         try:
             advert = secagg.Advert(site, bytes(rec[wire.MASK_KEY]), bytes(rec[wire.ENC_KEY]),
                                    int(rec[wire.NUM_EXAMPLES]), bytes(rec[wire.MASKED_TAG]))
-            secagg.check_advert(advert, key(site), ctx.run_name, ctx.server_round)
+            secagg.check_advert(advert, key(site), ctx.run_name, ctx.server_round, adverts)
         except (KeyError, TypeError, ValueError, FedSealError) as exc:
             note_rejection(ctx, result, site, f"setup: {exc}")
+            continue
+        if problem := examples_problem(ctx, site, advert.examples):
+            note_rejection(ctx, result, site, f"setup: {problem}")
             continue
         adverts.append(advert)
         node_of[site] = reply.metadata.src_node_id
@@ -90,13 +94,15 @@ def run_round(ctx: RoundContext) -> RoundResult:
                        {wire.ROSTER: roster_bytes, wire.ROSTER_SIGNATURE: signature}) for s in roster.sites]
     result.bytes_down += len(roster_bytes) * len(messages)
     shares: dict[str, secagg.SharesOut] = {}
-    for reply in _usable(ctx, send(ctx, messages, "masked share-keys"), "share-keys", node_of):
-        site, rec = _site_record(reply)
+    for site, reply in _usable(ctx, result, send(ctx, messages, "masked share-keys"), "share-keys", node_of):
+        rec = _record(reply)
         try:
             destinations = [str(d) for d in rec[wire.DESTINATIONS]]
             blobs = [bytes(b) for b in rec[wire.CIPHERTEXTS]]
+            digests = dict(zip([str(h) for h in rec[wire.DIGEST_HOLDERS]], [bytes(d) for d in rec[wire.SHARE_DIGESTS]],
+                               strict=True))
             out = secagg.SharesOut(dict(zip(destinations, blobs, strict=True)), bytes(rec[wire.COMMITMENT]),
-                                   bytes(rec[wire.MASKED_TAG]))
+                                   bytes(rec[wire.MASKED_TAG]), digests)
             masking.check_message(out.tag, key(site), secagg.SHARES, *secagg.shares_fields(roster.context, site, out))
         except (KeyError, TypeError, ValueError, FedSealError) as exc:
             note_rejection(ctx, result, site, f"share-keys: {exc}")
@@ -109,20 +115,21 @@ def run_round(ctx: RoundContext) -> RoundResult:
     # 3. train: the global model and each site's forwarded shares; masked vectors back.
     ctx.clock.start("train", timed=False)  # the sites verify, train and mask; they report their seconds
     messages = []
+    checks = {site: secagg.check_values() for site in shares}  # each site adds its own in reserved slots
     for site in shares:
         inbox = {src: out.ciphertexts[site] for src, out in shares.items() if site in out.ciphertexts}
-        config = ConfigRecord({**ctx.config, wire.SOURCES: list(inbox), wire.CIPHERTEXTS: list(inbox.values())})
+        config = ConfigRecord({**ctx.config, wire.SOURCES: list(inbox), wire.CIPHERTEXTS: list(inbox.values()),
+                               wire.CHECK_VALUES: checks[site].tobytes()})
         messages.append(message(ctx, node_of[site], wire.TRAIN, RecordDict({wire.ARRAYS: ctx.record,
                                                                              wire.CONFIG: config})))
         result.bytes_down += payload_bytes(ctx.record) + sum(map(len, inbox.values()))
     replies = send(ctx, messages, "masked train")
     ctx.clock.add_sites(site_metrics(replies))
     ctx.clock.start("check")
-    size = param_count(averaged_spec(ctx.spec))  # integer buffers are not masked: not averaged
+    size = param_count(averaged_spec(ctx.spec)) + secagg.CHECK_SLOTS  # integer buffers are not masked: not averaged
     masked: dict[str, np.ndarray] = {}
     partners: dict[str, tuple[str, ...]] = {}
-    for reply in _usable(ctx, replies, "train", node_of):
-        site = site_of(reply)
+    for site, reply in _usable(ctx, result, replies, "train", node_of):
         config = reply.content.get(wire.CONFIG)
         if isinstance(config, ConfigRecord) and wire.REFUSED in config:
             note_refusal(ctx, result, Verdict(site, reason=str(config[wire.REFUSED]), refused=True), reply)
@@ -155,8 +162,8 @@ def run_round(ctx: RoundContext) -> RoundResult:
                                                               wire.ROSTER_SIGNATURE: signature}) for s in survivors]
     seed_shares: dict[str, list[bytes]] = {}
     key_shares: dict[str, list[bytes]] = {}
-    for reply in _usable(ctx, send(ctx, messages, "masked unmask"), "unmask", node_of):
-        site, rec = _site_record(reply)
+    for site, reply in _usable(ctx, result, send(ctx, messages, "masked unmask"), "unmask", node_of):
+        rec = _record(reply)
         try:
             seeds = dict(zip([str(o) for o in rec[wire.SEED_OWNERS]], [bytes(b) for b in rec[wire.SEED_SHARES]],
                              strict=True))
@@ -167,6 +174,12 @@ def run_round(ctx: RoundContext) -> RoundResult:
         except (KeyError, TypeError, ValueError, FedSealError) as exc:
             ctx.recorder.audit("shares_rejected", round=ctx.server_round, client=site, reason=str(exc))
             continue
+        seeds, bad_seeds = secagg.check_revealed(roster.context, site, secagg.SEED_SHARE, seeds, shares)
+        keys, bad_keys = secagg.check_revealed(roster.context, site, secagg.KEY_SHARE, keys, shares)
+        if bad_seeds or bad_keys:  # a lying holder: its bad shares are left out, the others rebuild
+            ctx.recorder.audit("shares_rejected", round=ctx.server_round, client=site,
+                               reason=f"revealed shares that do not match their dealer's digest: seed shares of "
+                                      f"{bad_seeds}, key shares of {bad_keys}")
         for owner, share in seeds.items():
             if owner in masked:
                 seed_shares.setdefault(owner, []).append(share)
@@ -178,16 +191,25 @@ def run_round(ctx: RoundContext) -> RoundResult:
         unmasked = secagg.unmask(roster, masked, partners, seed_shares, key_shares,
                                  {s: out.commitment for s, out in shares.items()}, dropouts)
     except secagg.ProtocolError as exc:
-        _skip(ctx, result, str(exc))
+        _skip(ctx, result, str(exc), exc.culprit)
         return result
-    result.arrays = add_mean_update(ctx.base, ctx.spec, unmasked.mean)
+    if not secagg.checks_hold(unmasked.total, [checks[s] for s in survivors]):
+        reason = ("the unmasked sum does not reproduce the sites' check values: a vector was not masked as "
+                  "sealed, or a mask was removed wrongly; the global model stays as it was")
+        ctx.recorder.audit("aggregate_check_failed", round=ctx.server_round, sites=survivors, reason=reason)
+        log(WARNING, "Round %d: %s", ctx.server_round, reason)
+        result.used = []
+        return result
+    result.arrays = add_mean_update(ctx.base, ctx.spec, unmasked.mean[:size - secagg.CHECK_SLOTS])
     result.used = survivors
     return result
 
 
-def _skip(ctx: RoundContext, result: RoundResult, reason: str) -> None:
-    """The round cannot be unmasked: audit it; the global model stays as it was."""
-    ctx.recorder.audit("round_skipped", round=ctx.server_round, accepted=len(result.used), reason=reason)
+def _skip(ctx: RoundContext, result: RoundResult, reason: str, culprit: str | None = None) -> None:
+    """The round cannot be unmasked: audit it (naming the culprit when the protocol proves one); the
+    global model stays as it was."""
+    ctx.recorder.audit("round_skipped", round=ctx.server_round, accepted=len(result.used), reason=reason,
+                       **({"client": culprit} if culprit else {}))
     log(WARNING, "Round %d skipped: %s; the global model stays as it was", ctx.server_round, reason)
     result.used = []
 
@@ -198,34 +220,32 @@ def _query(ctx: RoundContext, node_id: int, stage: str, extra: dict | None = Non
     return message(ctx, node_id, wire.MASKED_QUERY, RecordDict({wire.CONFIG: ConfigRecord(config)}))
 
 
-def _usable(ctx: RoundContext, replies: list[Message], stage: str,
-            node_of: dict[str, int] | None = None) -> list[Message]:
-    """Replies that are not errors and, after setup, come from the node the site advertised from.
-    A site whose reply is an error (it failed or vanished) is audited `site_dropped`: from then on
-    it is a dropout of the round."""
+def _usable(ctx: RoundContext, result: RoundResult, replies: list[Message], stage: str,
+            node_of: dict[str, int] | None = None) -> list[tuple[str, Message]]:
+    """(site, reply) for the replies attributed to their sending node's enrolled site
+    (server/enrolment.py) that are not errors and, after setup, come from the node the site
+    advertised from. A site whose reply is an error (it failed or vanished) is audited
+    `site_dropped`: from then on it is a dropout."""
     out = []
-    sites = {**ctx.names, **{nid: s for s, nid in (node_of or {}).items()}}
-    for reply in replies:
+    for site, reply in attribute(ctx, result, replies, f"masked {stage}"):
         nid = reply.metadata.src_node_id
         if reply.has_error():
-            site = sites.get(nid, f"node-{nid}")
             reason = reply.error.reason or "error reply"  # the audit keeps one line of it, the log all of it
             ctx.recorder.audit("site_dropped", round=ctx.server_round, client=site, stage=stage, reason=reason)
             log(WARNING, "Round %d (%s): site %s dropped out: %s", ctx.server_round, stage, site, reason)
             continue
-        claimed = _site_record(reply)[0] if wire.MASKED in reply.content else site_of(reply)
-        if node_of is not None and node_of.get(claimed) != nid:
-            ctx.recorder.audit("update_rejected", round=ctx.server_round, client=claimed, stage=stage,
-                               reason=f"reply from node {nid}, not the node site {claimed} set up from")
+        if node_of is not None and node_of.get(site) != nid:
+            ctx.recorder.audit("update_rejected", round=ctx.server_round, client=site, stage=stage,
+                               reason=f"reply from node {nid}, not the node site {site} set up from")
             continue
-        out.append(reply)
+        out.append((site, reply))
     return out
 
 
-def _site_record(reply: Message) -> tuple[str, ConfigRecord]:
+def _record(reply: Message) -> ConfigRecord:
+    """The reply's masked record (empty if it has none: its fields are then missing)."""
     rec = reply.content.get(wire.MASKED)
-    site = site_of(reply) if not isinstance(rec, ConfigRecord) else str(rec.get(wire.CLIENT_ID, site_of(reply)))
-    return site, rec if isinstance(rec, ConfigRecord) else ConfigRecord({})
+    return rec if isinstance(rec, ConfigRecord) else ConfigRecord({})
 
 
 def _recovered(reply: Message) -> bool:

@@ -12,6 +12,7 @@ from common.learning.models import averaged_spec, with_kept
 from server.aggregation import Update, aggregate
 from server.checks import check_sealed_reply, payload_bytes
 from server.dp import client_dp_aggregate
+from server.enrolment import attribute, examples_problem
 from server.rounds import (
     RoundContext,
     RoundResult,
@@ -38,13 +39,15 @@ def run_round(ctx: RoundContext) -> RoundResult:
                           if not r.has_error() and isinstance(r.content.get(wire.ARRAYS), ArrayRecord))
 
     accepted: list[Update] = []
-    for reply in replies:
+    for site, reply in attribute(ctx, result, replies, "train"):
         verdict = check_sealed_reply(reply, ctx.spec, ctx.keys, ctx.run_name, ctx.server_round,
-                                     recover=settings.on_tamper == "recover", names=ctx.names)
+                                     recover=settings.on_tamper == "recover")
         if verdict.refused:
             note_refusal(ctx, result, verdict, reply)
         elif not verdict.accepted:
-            note_rejection(ctx, result, verdict.site, verdict.reason, verdict.tampered)
+            note_rejection(ctx, result, site, verdict.reason, verdict.tampered)
+        elif problem := examples_problem(ctx, site, verdict.update.num_examples):
+            note_rejection(ctx, result, site, problem)
         else:
             accepted.append(verdict.update)
             note_accepted(ctx, result, verdict, reply)

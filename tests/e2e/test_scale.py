@@ -71,8 +71,9 @@ def test_sampled_cohorts_with_a_site_dropping_out(tmp_path):
 
 
 def test_a_node_without_site_keys_is_named_once_and_left_out(tmp_path):
-    """A federation of 3 sites with a 4th node connected: the node says it is site "3", which has
-    no keys; it is audited site_unknown once (not every round), and every round uses the 3 sites."""
+    """A federation of 3 sites with a 4th node connected: asked to enrol, the node can only name
+    site "3", which has no keys; it is audited site_unknown once (not every round), the 3 sites
+    enrol once each, and every round uses them."""
     import io
 
     from common.launch.simulate import run_child
@@ -83,7 +84,8 @@ def test_a_node_without_site_keys_is_named_once_and_left_out(tmp_path):
     audit = records.read_jsonl(tmp_path / records.AUDIT)
     unknown = [e for e in audit if e["event"] == "site_unknown"]
     assert len(unknown) == 1 and "names site '3', which has no site keys" in unknown[0]["reason"]
-    assert [e for e in audit if e["event"] != "site_unknown"] == []
+    assert sorted(e["client"] for e in audit if e["event"] == "site_enrolled") == ["0", "1", "2"]  # once each
+    assert [e for e in audit if e["event"] not in ("site_unknown", "site_enrolled")] == []
     summary = json.loads((tmp_path / records.SUMMARY).read_text())
     assert summary["clients_registered"] == 3 and summary["nodes_unknown"] == 1
     assert [r["used"] for r in accounted(tmp_path)] == [["0", "1", "2"], ["0", "1", "2"]]

@@ -60,6 +60,9 @@ def _run_cli(args, capsys):
     (["--partition", "shards"], "unknown partition 'shards'"),
     (["--lr", "0"], "lr must be a number > 0"),
     (["--clients", "3", "--min-clients", "4"], "--min-clients 4 is more than --clients 3"),
+    (["--clients", "5", "--clients-per-round", "6"], "clients-per-round 6 is more than the 5 sites"),
+    (["--clients", "5", "--clients-per-round", "2", "--min-clients", "3"],
+     "min-clients 3 is more than clients-per-round 2"),
 ])
 def test_simulate_bad_flags_exit_2_with_one_line(args, msg, capsys, tmp_path):
     try:

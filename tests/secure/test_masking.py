@@ -298,8 +298,10 @@ def _round_key(seal_keys, site):
     return derive_round_key(seal_keys[site], RUN, ROUND, site, "masked")
 
 
-def run_round(deltas, examples, *, drop_after_shares=(), vanish_before_unmask=(), tamper=(), degree=None):
-    """A whole masked round in process; returns (result, survivors, exact integer sum, rejected)."""
+def run_round(deltas, examples, *, drop_after_shares=(), vanish_before_unmask=(), tamper=(), degree=None,
+              lying_holders=(), liars=None, checks=None, zeroed=()):
+    """A whole masked round in process; returns (result, survivors, exact integer sum, rejected).
+    `lying_holders` reveal corrupted seed shares; the server's share check puts them in `liars`."""
     ids = [str(i) for i in range(len(deltas))]
     seal_keys = {s: os.urandom(32) for s in ids}
     sites = {s: secagg.MaskedSite.start(s, RUN, ROUND) for s in ids}
@@ -316,7 +318,10 @@ def run_round(deltas, examples, *, drop_after_shares=(), vanish_before_unmask=()
             continue
         inbox = {src: out.ciphertexts[s] for src, out in shares.items() if s in out.ciphertexts}
         assert sites[s].receive_shares(inbox) == []
-        uploads[s] = sites[s].mask(deltas[int(s)], _round_key(seal_keys, s))
+        uploads[s] = sites[s].mask(deltas[int(s)], _round_key(seal_keys, s), None if checks is None else checks[s])
+        if s in zeroed:  # sent without its masks, sealed as its own
+            uploads[s].vector[:] = 0
+            uploads[s].seal = masking.seal_chunks(uploads[s].vector, _round_key(seal_keys, s))
     for s in tamper:
         uploads[s].vector[len(uploads[s].vector) // 2] ^= np.uint32(1 << 7)
     rejected, masked, partners = [], {}, {}
@@ -337,6 +342,12 @@ def run_round(deltas, examples, *, drop_after_shares=(), vanish_before_unmask=()
             continue
         seeds, keys, tag = sites[s].reveal(survivors, dropouts, _round_key(seal_keys, s))
         masking.check_message(tag, _round_key(seal_keys, s), secagg.REVEAL, *secagg.reveal_fields(CTX, s, seeds, keys))
+        if s in lying_holders:
+            seeds = {o: share[:2] + bytes(b ^ 0x5A for b in share[2:]) for o, share in seeds.items()}
+        seeds, bad = secagg.check_revealed(CTX, s, secagg.SEED_SHARE, seeds, shares)
+        keys, bad_keys = secagg.check_revealed(CTX, s, secagg.KEY_SHARE, keys, shares)
+        if (bad or bad_keys) and liars is not None:
+            liars.append(s)
         for owner, share in seeds.items():
             seed_shares.setdefault(owner, []).append(share)
         for owner, share in keys.items():
@@ -447,3 +458,87 @@ def test_upload_is_uint32_and_no_larger_than_float32():
     up = sites["1"].mask(deltas[1], _round_key(seal_keys, "1"))
     assert up.vector.dtype == np.uint32 and up.vector.nbytes == deltas[1].nbytes
     assert (up.vector.nbytes + len(up.seal)) / deltas[1].nbytes <= 1.001
+
+
+def _resealed(advert, key, **change):
+    """`advert` with fields changed, sealed again with the site's own round key (a hostile site)."""
+    fields = {"site": advert.site, "mask_key": advert.mask_key, "enc_key": advert.enc_key,
+              "examples": advert.examples, **change}
+    bad = secagg.Advert(**fields, tag=b"")
+    return secagg.Advert(**fields, tag=masking.tag_message(key, secagg.ADVERT, *bad.fields(CTX)))
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"examples": 0}, "examples must be an integer >= 1"),
+    ({"mask_key": b"\x01" * 7}, "7 bytes"),
+    ({"enc_key": b"\x02" * 40}, "40 bytes"),
+    ("same-pair", "two public keys are identical"),
+    ("copied", "equals one of site '0'"),
+    ("same-site", "already advertised"),
+])
+def test_a_validly_sealed_bad_advert_is_refused_for_its_site_only(change, reason):
+    seal_keys = {s: os.urandom(32) for s in "01"}
+    sites = {s: secagg.MaskedSite.start(s, RUN, ROUND) for s in "01"}
+    honest = sites["0"].advertise(_round_key(seal_keys, "0"), 5)
+    secagg.check_advert(honest, _round_key(seal_keys, "0"), RUN, ROUND, [])
+    mine = sites["1"].advertise(_round_key(seal_keys, "1"), 5)
+    key = _round_key(seal_keys, "1")
+    if change == "same-pair":
+        bad = _resealed(mine, key, enc_key=mine.mask_key)
+    elif change == "copied":
+        bad = _resealed(mine, key, mask_key=honest.enc_key)
+    elif change == "same-site":
+        bad, key = honest, _round_key(seal_keys, "0")
+    else:
+        bad = _resealed(mine, key, **change)
+    with pytest.raises(secagg.ProtocolError, match=reason):
+        secagg.check_advert(bad, key, RUN, ROUND, [honest])
+    secagg.check_advert(mine, _round_key(seal_keys, "1"), RUN, ROUND, [honest])  # the honest advert still fits
+
+
+def test_a_site_drops_a_peer_with_an_unusable_key_instead_of_failing():
+    """A roster holding a low-order (all-zero) key for one peer: the site shares with the others
+    and masks without that peer; it does not fail the round."""
+    seal_keys = {s: os.urandom(32) for s in "012"}
+    sites = {s: secagg.MaskedSite.start(s, RUN, ROUND) for s in "012"}
+    adverts = [sites[s].advertise(_round_key(seal_keys, s), 5) for s in "012"]
+    good = secagg.Roster.build(RUN, ROUND, adverts)
+    roster = secagg.Roster(RUN, ROUND, good.sites, {**good.mask_keys, "2": bytes(32)},
+                           {**good.enc_keys, "2": b"\x01" + bytes(31)}, good.examples, good.neighbours, 2)
+    out = sites["0"].share_keys(roster.to_bytes(), _round_key(seal_keys, "0"))
+    assert set(out.ciphertexts) == {"1"}
+    out1 = sites["1"].share_keys(roster.to_bytes(), _round_key(seal_keys, "1"))
+    sites["0"].receive_shares({"1": out1.ciphertexts["0"]})
+    sites["0"].key_shares["2"] = sites["0"].key_shares["1"]  # as if peer 2's shares had arrived
+    upload = sites["0"].mask(np.zeros(10, np.float32), _round_key(seal_keys, "0"))
+    assert upload.partners == ("1",)
+
+
+def test_a_holder_revealing_bad_seed_shares_is_named_and_the_others_rebuild():
+    """Every dealt share carries its dealer's digest (sealed in the share-keys message): the
+    server finds each corrupted revealed share, names its holder, and rebuilds from the rest."""
+    deltas, liars = _deltas(5), []
+    result, survivors, exact, rejected, roster = run_round(deltas, [10, 20, 30, 40, 50], lying_holders=("1",),
+                                                           liars=liars)
+    assert liars == ["1"] and rejected == [] and survivors == ["0", "1", "2", "3", "4"]
+    _check_exact(result, survivors, exact, roster, deltas)
+
+
+def test_a_share_digest_binds_dealer_holder_and_kind():
+    share = ss.split_secret(os.urandom(32), 2, 3)[0]
+    base = secagg.share_digest(CTX, "0", "1", secagg.SEED_SHARE, share)
+    assert base != secagg.share_digest(CTX, "0", "2", secagg.SEED_SHARE, share)
+    assert base != secagg.share_digest(CTX, "2", "1", secagg.SEED_SHARE, share)
+    assert base != secagg.share_digest(CTX, "0", "1", secagg.KEY_SHARE, share)
+
+
+def test_check_values_in_reserved_slots_catch_a_vector_sent_without_its_masks():
+    deltas = _deltas(4, size=300)
+    checks = {str(i): secagg.check_values() for i in range(4)}
+    padded = [np.concatenate([d, np.zeros(secagg.CHECK_SLOTS, np.float32)]) for d in deltas]
+    result, survivors, exact, _, roster = run_round(deltas, [5, 6, 7, 8], checks=checks)
+    assert secagg.checks_hold(result.total, [checks[s] for s in survivors])
+    assert np.array_equal(result.total[:-secagg.CHECK_SLOTS].astype(np.int64), exact)
+    result, survivors, _, rejected, _ = run_round(deltas, [5, 6, 7, 8], checks=checks, zeroed=("2",))
+    assert rejected == [] and not secagg.checks_hold(result.total, [checks[s] for s in survivors])
+    assert padded[0].size == result.total.size

@@ -42,14 +42,16 @@ def test_roster_orders_sites_numerically():
 
 
 def test_bind_only_registered_sites_and_one_node_per_site():
+    """The roster's side of an enrolment (server/enrolment.py binds a node only after its proof)."""
     roster = Roster(["0", "1"])
-    assert roster.bind("0", 101, {101, 102, 103}) is None
-    assert roster.site_of == {101: "0"}
-    assert "no site keys" in roster.bind("7", 102, {101, 102, 103})
-    assert "already speaks" in roster.bind("0", 103, {101, 102, 103})  # 101 is still connected
-    assert roster.node_of == {"0": 101}
-    assert roster.bind("0", 104, {104}) is None  # the site came back on a new node
-    assert roster.site_of == {104: "0"} and roster.node_of == {"0": 104}
+    assert roster.bind("0", 101, 50, {101, 102, 103}) is None
+    assert roster.site_of == {101: "0"} and roster.examples == {"0": 50}
+    assert "no site keys" in roster.bind("7", 102, 50, {101, 102, 103})
+    assert "enrolled from node 101" in roster.bind("0", 103, 60, {101, 102, 103})  # 101 is still connected
+    assert roster.node_of == {"0": 101} and roster.examples == {"0": 50}
+    assert roster.unbound({101, 102, 103}) == [102, 103]
+    assert roster.bind("0", 104, 70, {104}) is None  # the site came back on a new node
+    assert roster.site_of == {104: "0"} and roster.node_of == {"0": 104} and roster.examples == {"0": 70}
 
 
 def test_cohort_nodes_names_absent_sites():

@@ -55,7 +55,7 @@ pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 def test_sealed_ciphertexts_are_accepted_and_add_up(fed, ctx):
     chunks, tags = upload(fed, ctx)
-    verdict, got = check_he_reply(reply(chunks, tags), ctx, count_of(ctx))
+    verdict, got = check_he_reply(reply(chunks, tags), ctx, count_of(ctx), "1")
     assert verdict.reason == "" and got is not None and got.num_examples == 50
     total = he.Sum(fed[0].he_public_context(), count_of(ctx))
     total.add_site(got.chunks)
@@ -89,7 +89,7 @@ def test_bad_replies_are_rejected_with_a_reason(fed, ctx, damage, reason):
         n = 0
     elif damage == "unknown-site":
         cid = "9"
-    verdict, got = check_he_reply(reply(chunks, tags, cid=cid, n=n), ctx, count_of(ctx))
+    verdict, got = check_he_reply(reply(chunks, tags, cid=cid, n=n), ctx, count_of(ctx), cid)
     assert got is None and not verdict.accepted
     assert __import__("re").search(reason, verdict.reason), verdict.reason
 
@@ -99,7 +99,7 @@ def test_ciphertext_of_other_parameters_passes_its_seal_but_not_the_sum(fed, ctx
     sum of the others is unchanged."""
     foreign_secret, _ = he.make_keys(scale_bits=32)
     chunks, tags = upload(fed, ctx, secret=foreign_secret)
-    verdict, got = check_he_reply(reply(chunks, tags), ctx, count_of(ctx))
+    verdict, got = check_he_reply(reply(chunks, tags), ctx, count_of(ctx), "1")
     assert got is not None  # the seal is the site's own
     total = he.Sum(fed[0].he_public_context(), count_of(ctx))
     with pytest.raises(he.HEError, match="scale"):
@@ -173,3 +173,19 @@ def test_every_injection_is_caught_in_he_mode(runs):
     assert [r["clients_used"] for r in rounds] == [5, 3, 3]
     # The rejected sites' ciphertexts are not in the sum: the decryptor saw only accepted sites.
     assert [e["sites"] for e in audit if e["event"] == "sum_decrypted"] == [5, 3, 3]
+
+
+def test_the_he_context_must_hold_a_whole_cohort(tmp_path):
+    """A simulation sizes its HE context for the cohort (300 sites: 300); a context too small for
+    the cohort stops the run before round 1 instead of rejecting every site past its limit."""
+    from common.errors import InputError
+    from common.integrity.keys import ServerKeys, init_federation, write_he_contexts
+    from server.modes.he import check_he_context
+
+    init_federation(tmp_path / "big", 3, he_context_writer=lambda s, c: write_he_contexts(s, c, max_sites=300))
+    public = ServerKeys.load(tmp_path / "big" / "server").he_public_context()
+    assert he.max_sites(public) == 300
+    check_he_context(public, 300)
+    with pytest.raises(InputError, match="sums at most 300 sites, a round's cohort holds 301"):
+        check_he_context(public, 301)
+    assert he.max_sites(he.make_keys()[1]) == he.MAX_SITES == 128  # `fedseal keys init`: 128

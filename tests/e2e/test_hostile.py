@@ -1,0 +1,151 @@
+"""One malicious site among five (DESIGN.md §2.5), driven through Flower's message layer by a
+hostile ClientApp (tests/e2e/hostile.py), not by `--inject`: the site holds its own keys and
+seals what it alters. Each run must finish, name the hostile site "1" in every round it attacks
+(one-line reasons), never name an honest site, and use the honest sites' updates.
+
+Each simulation is breast-cancer, 5 sites, 3 rounds (about 30-90 s on a loaded 2-core machine).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+from common.errors import REASON_LIMIT
+from common.run import records
+from tests.e2e.hostile import HOSTILE
+from tests.simrun import simulate_hostile
+
+SITES, ROUNDS = 5, 3
+HONEST = {str(i) for i in range(SITES)} - {str(HOSTILE)}
+NAMING = ("update_rejected", "shares_rejected", "site_rejected", "decrypt_failed", "enrolment_rejected")
+
+
+def _audit(folder: Path) -> list[dict]:
+    return records.read_jsonl(folder / records.AUDIT)
+
+
+def _rounds(folder: Path) -> list[dict]:
+    return records.read_jsonl(folder / records.ROUNDS)
+
+
+def _run(tmp_path: Path, app: str, mode: str, rounds: int = ROUNDS) -> Path:
+    out = tmp_path / app
+    simulate_hostile(f"tests.e2e.hostile:{app}", SITES, out, dataset="breast-cancer", num_rounds=rounds,
+                     seed=0, secure_mode=mode)
+    return out
+
+
+def _named(folder: Path, event: str) -> list[tuple[int, str, str]]:
+    return [(a["round"], a["client"], a["reason"]) for a in _audit(folder) if a["event"] == event]
+
+
+def assert_only_the_hostile_site_is_named(folder: Path) -> None:
+    """Every audit record that names a culprit names the hostile site, with a one-line reason;
+    every honest site enrolled once, and no round was skipped."""
+    for record in _audit(folder):
+        reason = str(record.get("reason", ""))
+        assert "\n" not in reason and len(reason) <= REASON_LIMIT, record
+        if record["event"] in NAMING:
+            assert record.get("client") == str(HOSTILE), record
+    enrolled = sorted(a["client"] for a in _audit(folder) if a["event"] == "site_enrolled")
+    assert HONEST <= set(enrolled) and len(enrolled) == len(set(enrolled))
+    assert not [a for a in _audit(folder) if a["event"] in ("round_skipped", "aggregate_check_failed")]
+
+
+def test_masked_bad_adverts_leave_out_the_hostile_site_only(tmp_path):
+    """Each advert carries a valid seal: 0 examples (round 1), two identical public keys (2), a
+    7-byte key (3), 10**9 examples (4), the victim's id sealed with the victim's stolen key (5).
+    The server leaves the hostile site out at setup, names it, and sums the other four."""
+    out = _run(tmp_path, "bad_adverts", "masked", rounds=5)
+    assert_only_the_hostile_site_is_named(out)
+    rejected = _named(out, "update_rejected")
+    assert [(r, c) for r, c, _ in rejected] == [(r, str(HOSTILE)) for r in range(1, 6)]
+    reasons = [why for _, _, why in rejected]
+    assert "examples must be an integer >= 1" in reasons[0] and "identical" in reasons[1]
+    assert "7 bytes" in reasons[2] and "reports 1000000000 examples, it enrolled with" in reasons[3]
+    assert "claims site '2', but node" in reasons[4]
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES - 1] * 5
+
+
+def test_none_impersonation_and_an_inflated_count_are_pinned_on_the_sender(tmp_path):
+    """Round 1: weights sealed with the victim's stolen key under the victim's id; round 2: its own
+    weights claiming 10**9 examples; round 3: the victim's id on its own weights. Each time the
+    audit names the sending node's site "1", never the victim "2", and the other four are averaged."""
+    out = _run(tmp_path, "impersonate", "none")
+    assert_only_the_hostile_site_is_named(out)
+    rejected = _named(out, "update_rejected")
+    assert [(r, c) for r, c, _ in rejected] == [(1, "1"), (2, "1"), (3, "1")]
+    assert "claims site '2'" in rejected[0][2] and "claims site '2'" in rejected[2][2]
+    assert "reports 1000000000 examples" in rejected[1][2]
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES - 1] * ROUNDS
+    assert [r["rejected"] for r in _rounds(out)] == [["1"]] * ROUNDS
+
+
+def test_he_an_inflated_enrolment_is_capped_every_round(tmp_path):
+    """A valid enrolment proof for 10**9 examples: its weight would be ~1.0, above max-site-weight
+    0.5, so the site is left out of every round (audited `site_rejected`) and the others summed."""
+    out = _run(tmp_path, "inflated_enrolment", "he")
+    assert_only_the_hostile_site_is_named(out)
+    heavy = _named(out, "site_rejected")
+    assert [(r, c) for r, c, _ in heavy] == [(r, "1") for r in range(1, ROUNDS + 1)]
+    assert "above max-site-weight 0.5" in heavy[0][2]
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES - 1] * ROUNDS
+
+
+def test_masked_a_holder_revealing_bad_seed_shares_is_named_and_the_round_completes(tmp_path):
+    """Every seed share the hostile site reveals is corrupted (and validly sealed): each fails its
+    dealer's digest, the site is named `shares_rejected` in every round, the seeds are rebuilt
+    from the other holders' shares, and all five updates (its own is honest) are summed."""
+    out = _run(tmp_path, "lying_reveal", "masked")
+    assert_only_the_hostile_site_is_named(out)
+    named = _named(out, "shares_rejected")
+    assert [(r, c) for r, c, _ in named] == [(r, "1") for r in range(1, ROUNDS + 1)]
+    assert "do not match their dealer's digest" in named[0][2]
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES] * ROUNDS
+
+
+def test_masked_an_unmasked_zero_vector_is_caught_and_the_model_kept(tmp_path):
+    """A validly sealed all-zero vector (its masks left out): the unmasked sum misses the server's
+    check values, so every round is refused (`aggregate_check_failed`), the model stays the
+    initial one, and no site is blamed (the sum alone cannot tell whose vector was wrong)."""
+    out = tmp_path / "zero_vector"
+    simulate_hostile("tests.e2e.hostile:zero_vector", SITES, out, dataset="breast-cancer", num_rounds=2,
+                     seed=0, secure_mode="masked")
+    failed = [a for a in _audit(out) if a["event"] == "aggregate_check_failed"]
+    assert [a["round"] for a in failed] == [1, 2] and all("client" not in a for a in failed)
+    assert not [a for a in _audit(out) if a.get("client") in HONEST and a["event"] in NAMING]
+    first, second = _rounds(out)
+    assert first["clients_used"] == second["clients_used"] == 0
+    assert first["loss"] == second["loss"] and first["accuracy"] == second["accuracy"]
+
+
+def test_he_a_lying_decryptor_is_named_and_the_honest_sum_used(tmp_path):
+    """The hostile site alters its decryption whenever it is asked (rounds 1 and 2 of the rotation):
+    its result differs from the other decryptor's, a third site settles it, the liar is named
+    `decrypt_failed`, and every round uses all five sites' updates."""
+    out = _run(tmp_path, "lying_decryptor", "he")
+    assert_only_the_hostile_site_is_named(out)
+    failed = _named(out, "decrypt_failed")
+    assert [(r, c) for r, c, _ in failed] == [(1, "1"), (2, "1")]
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES] * ROUNDS
+    clean = tmp_path / "clean"
+    simulate_hostile("client.app:app", SITES, clean, dataset="breast-cancer", num_rounds=ROUNDS, seed=0,
+                     secure_mode="he")
+    one_example = 1 / json.loads((clean / records.SUMMARY).read_text())["test_examples"]
+    assert abs(_rounds(out)[-1]["accuracy"] - _rounds(clean)[-1]["accuracy"]) <= one_example + 1e-9
+
+
+def test_he_a_ciphertext_under_another_key_is_caught_and_the_model_kept(tmp_path):
+    """The hostile site encrypts under a CKKS key of the same parameters: the sum decrypts to
+    garbage, the check values miss, every round is refused and the model stays the initial one."""
+    out = tmp_path / "foreign_key"
+    simulate_hostile("tests.e2e.hostile:foreign_key", SITES, out, dataset="breast-cancer", num_rounds=2,
+                     seed=0, secure_mode="he")
+    failed = [a for a in _audit(out) if a["event"] == "aggregate_check_failed"]
+    assert [a["round"] for a in failed] == [1, 2] and "check values" in failed[0]["reason"]
+    assert not [a for a in _audit(out) if a.get("client") in HONEST and a["event"] in NAMING]
+    first, second = _rounds(out)
+    assert first["clients_used"] == second["clients_used"] == 0
+    assert first["loss"] == second["loss"] and first["accuracy"] == second["accuracy"]
