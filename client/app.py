@@ -188,7 +188,8 @@ def masked_stage(msg: Message, context: Context) -> Message:
 def enrol_site(msg: Message, context: Context) -> Message:
     """Prove once per run, with this site's seal key, its site id, its node and its example count.
     A node without site keys can prove nothing: it names the site it would be, and the server
-    leaves it out (server/enrolment.py)."""
+    leaves it out (server/enrolment.py). A site whose data cannot be used proves its id with 0
+    examples and says why in one line (no local path): the server audits `site_failed`."""
     settings = RunSettings.from_run_config(context.run_config)
     config = msg.content[wire.CONFIG]
     try:
@@ -197,14 +198,15 @@ def enrol_site(msg: Message, context: Context) -> Message:
         log(WARNING, "Cannot enrol: %s", exc)
         return Message(content=RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: site_id(context.node_config)})}),
                        reply_to=msg)
+    extra = {}
     try:
         examples = site_examples(settings, context.node_config, client_id)
-    except Exception as exc:  # the server hears why in one line, never this site's local path
-        raise InputError(failed(context, "load its data", exc)) from None
+    except Exception as exc:  # a proven refusal: the server hears why in one line, never this site's local path
+        examples, extra = 0, {wire.REFUSED: failed(context, "load its data", exc), wire.SITE_FAILED: 1}
     tag = enrol.proof(keys.seal_key, str(config[wire.RUN_NAME]), client_id, context.node_id, examples,
                       bytes(config[wire.NONCE]))
     content = RecordDict({wire.CONFIG: ConfigRecord({wire.CLIENT_ID: client_id, wire.NUM_EXAMPLES: examples,
-                                                     wire.ENROL_PROOF: tag})})
+                                                     wire.ENROL_PROOF: tag, **extra})})
     return Message(content=content, reply_to=msg)
 
 

@@ -91,6 +91,15 @@ def _enrol(roster: Roster, keys: ServerKeys, recorder: RunRecorder, reply: Messa
         return
     elif not isinstance(tag, bytes):
         problem = f"claims site {claimed!r} with no {wire.ENROL_PROOF!r} in its reply"
+    elif examples == 0 and int(config.get(wire.SITE_FAILED, 0) or 0) == 1:  # the site cannot use its own data
+        try:
+            enrol.check(tag, keys.seal_key(claimed), run_name, claimed, nid, 0, nonce)
+        except enrol.EnrolmentError as exc:
+            problem = str(exc)
+        else:  # proven: named by its site id, not bound, asked again next round
+            recorder.audit("site_failed", round=server_round, client=claimed, reason=str(config.get(wire.REFUSED, "")))
+            log(WARNING, "Round %d: site %s cannot take part: %s", server_round, claimed, config.get(wire.REFUSED))
+            return
     elif isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         problem = f"its number of examples must be an integer >= 1, got {examples!r}"
     else:

@@ -46,6 +46,11 @@ def decrypt(msg: Message, context: Context) -> Message:
     return site.decrypt(msg, context)
 
 
+@client_app.query("enrol")
+def enrol(msg: Message, context: Context) -> Message:
+    return site.enrol_site(msg, context)
+
+
 APPS = ("tests.anymodel_apps:server_app", "tests.anymodel_apps:client_app")
 __all__ = ["APPS", "client_app", "server_app"]
 
