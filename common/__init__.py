@@ -9,6 +9,7 @@
 - `launch`: the launchers that start both sides (simulation, local deployment) as processes;
 - `bench`: benchmarks that print figures.
 
+`task` is the public face of the task interface (`from common.task import Task, SiteInfo`).
 `errors`, `wire`, `kdf` (round keys and contexts) and `processes` are the small modules every
 package may import.
 """
