@@ -32,7 +32,6 @@ from server.rounds import (
     note_rejection,
     send,
     site_metrics,
-    train_messages,
 )
 
 PAYLOAD_KIND = "he"  # the kind the sites bind into their chunk seals (client/modes/he.py)
