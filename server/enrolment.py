@@ -51,6 +51,8 @@ class Enrolment:
         site's weight fits under the cap (the others are audited `site_rejected`)."""
         new = [nid for nid in ctx.node_ids if nid not in self._site]
         if new:
+            if ctx.clock is not None:
+                ctx.clock.start("enrol")  # round 1: includes the sites' start-up
             nonce = os.urandom(enrol.NONCE_LEN)
             config = {wire.NONCE: nonce, wire.RUN_NAME: ctx.run_name, wire.SERVER_ROUND: ctx.server_round,
                       **{k: v for k, v in ctx.config.items() if k == wire.SIM_KEYS_DIR}}
