@@ -79,9 +79,9 @@ def main(grid: Grid, context: Context) -> None:
     skips = SkipCounter(settings.max_skipped_rounds)
     for server_round in range(len(rounds) + 1, settings.num_rounds + 1):
         started = time.perf_counter()
-        node_ids, sampled = enrolment.round_nodes(grid, roster, keys, settings, recorder, run_name, server_round,
-                                                  sim_keys)
         clock = StageClock(lambda stage, r=server_round: recorder.progress(r, stage))
+        node_ids, sampled = enrolment.round_nodes(grid, roster, keys, settings, recorder, run_name, server_round,
+                                                  sim_keys, clock)
         clock.start("watermark")
 
         # 1. Watermark the global model (bound to run and round), sign its digest, keep it.

@@ -31,31 +31,36 @@ from common.integrity import enrol
 from common.integrity.keys import ServerKeys
 from common.run.records import RunRecorder
 from common.run.settings import RunSettings
+from common.run.stages import StageClock
 from server import roster as roster_mod
 from server.roster import Roster
 from server.rounds import RoundContext, RoundResult, note_rejection, send_and_receive
 
 
 def round_nodes(grid: Grid, roster: Roster, keys: ServerKeys, settings: RunSettings, recorder: RunRecorder,
-                run_name: str, server_round: int, config: dict) -> tuple[list[int], list[str]]:
+                run_name: str, server_round: int, config: dict, clock: StageClock | None = None
+                ) -> tuple[list[int], list[str]]:
     """The nodes this round sends to, and the round's cohort: every connected node not yet bound
     is asked to enrol, the cohort is drawn from the registered sites, and its bound nodes whose
     site's weight fits under max-site-weight take part. `config`: what every request carries
-    besides the enrolment's own fields (a simulation's key folder)."""
+    besides the enrolment's own fields (a simulation's key folder); `clock` times stage `enrol`."""
     connected = roster_mod.wait_for_nodes(grid, settings.min_clients, None)
     enrol_nodes(grid, roster, keys, recorder, connected, run_name, server_round, float(settings.round_timeout),
-                config)
+                config, clock)
     nodes, sampled = roster_mod.cohort(roster, settings, recorder, server_round, connected)
     return capped(roster, nodes, settings.max_site_weight, recorder, server_round), sampled
 
 
 def enrol_nodes(grid: Grid, roster: Roster, keys: ServerKeys, recorder: RunRecorder, connected: set[int],
-                run_name: str, server_round: int, timeout: float, config: dict) -> None:
+                run_name: str, server_round: int, timeout: float, config: dict,
+                clock: StageClock | None = None) -> None:
     """Ask every connected node not yet bound (nor audited site_unknown) to prove its site, and bind
     each that does. A node that does not answer in time is asked again at the next round."""
     new = roster.unbound(connected)
     if not new:
         return
+    if clock is not None:
+        clock.start("enrol")  # round 1: includes the sites' start-up
     nonce = os.urandom(enrol.NONCE_LEN)  # fresh per request: a proof of an earlier request fails
     request = ConfigRecord({**config, wire.NONCE: nonce, wire.RUN_NAME: run_name, wire.SERVER_ROUND: server_round})
     messages = [Message(content=RecordDict({wire.CONFIG: request}), dst_node_id=nid, message_type=wire.ENROL,

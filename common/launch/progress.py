@@ -16,7 +16,8 @@ from typing import Any, TextIO
 
 from common.run import federated_eval, records
 
-STAGE_TEXT = {"watermark": "watermark + sign", "train": "sites verify, train, seal", "check": "check seals",
+STAGE_TEXT = {"watermark": "watermark + sign", "enrol": "sites prove their ids", "train": "sites verify, train, seal",
+              "check": "check seals",
               "aggregate": "aggregate", "evaluate": "evaluate", "centralized reference": "centralized reference"}
 
 

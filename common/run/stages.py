@@ -16,7 +16,7 @@ from common import wire
 
 # The order stages are drawn in; "encrypt" (encrypt or mask, and seal) is the sites' work in the
 # secure modes; "decrypt" (he) is timed by the server: the round trip to the decrypting site.
-ORDER = ("watermark", "verify", "train", "seal", "encrypt", "check", "decrypt", "aggregate", "evaluate")
+ORDER = ("watermark", "enrol", "verify", "train", "seal", "encrypt", "check", "decrypt", "aggregate", "evaluate")
 SITE_STAGES = {"verify": wire.VERIFY_SECONDS, "train": wire.TRAIN_SECONDS, "seal": wire.SEAL_SECONDS,
                "encrypt": wire.ENCRYPT_SECONDS}
 
