@@ -48,7 +48,19 @@ def round_nodes(grid: Grid, roster: Roster, keys: ServerKeys, settings: RunSetti
     enrol_nodes(grid, roster, keys, recorder, connected, run_name, server_round, float(settings.round_timeout),
                 config, clock)
     nodes, sampled = roster_mod.cohort(roster, settings, recorder, server_round, connected)
+    nodes = without_banned(roster, nodes, recorder, server_round)
     return capped(roster, nodes, settings.max_site_weight, recorder, server_round), sampled
+
+
+def without_banned(roster: Roster, nodes: list[int], recorder: RunRecorder, server_round: int) -> list[int]:
+    """`nodes` without those of sites the protocol proved to spoil rounds (`Roster.banned`); each is
+    audited `site_rejected` in every round it is left out of."""
+    for nid in nodes:
+        if (site := roster.site_of[nid]) in roster.banned:
+            reason = f"left out for the rest of the run: {roster.banned[site]}"
+            recorder.audit("site_rejected", round=server_round, client=site, reason=reason)
+            log(WARNING, "Round %d: site %s %s", server_round, site, reason)
+    return [nid for nid in nodes if roster.site_of[nid] not in roster.banned]
 
 
 def enrol_nodes(grid: Grid, roster: Roster, keys: ServerKeys, recorder: RunRecorder, connected: set[int],

@@ -53,6 +53,7 @@ class Roster:
     node_of: dict[str, int] = field(default_factory=dict)  # site -> the node it enrolled from
     examples: dict[str, int] = field(default_factory=dict)  # site -> its example count, fixed at enrolment
     unknown: set[int] = field(default_factory=set)  # nodes audited site_unknown (never asked again)
+    banned: dict[str, str] = field(default_factory=dict)  # site -> why it takes no further part in the run
 
     def __post_init__(self) -> None:
         self.sites = sorted(self.sites, key=site_order)

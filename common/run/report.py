@@ -50,11 +50,12 @@ EVENT_TEXT = {
     "site_enrolled": "node proved with the site's seal key that it is this site (once per run)",
     "enrolment_rejected": "node's proof of its site id failed: it takes no part (named by node)",
     "site_rejected": "site left out: its example count is above max-site-weight",
-    "aggregate_check_failed": "aggregate refused: the check values did not hold; the model stays as it was",
+    "aggregate_check_failed": "aggregate refused: the check values did not hold (he: the sub-sums are searched)",
+    "sites_excluded": "group of sites left out: one of them spoils the sum; min-clients forbids naming fewer (he)",
 }
 BAD_EVENTS = {"update_rejected", "global_refused", "round_skipped", "replies_missing", "shares_rejected",
               "decrypt_failed", "site_failed", "run_stopped", "site_unknown", "sites_absent",
-              "enrolment_rejected", "site_rejected", "aggregate_check_failed"}
+              "enrolment_rejected", "site_rejected", "aggregate_check_failed", "sites_excluded"}
 
 
 def event_text(event: Any) -> str:

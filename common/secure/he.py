@@ -346,10 +346,28 @@ class Sum:
         """The sum plus a fresh random mask, uniform modulo q on every plaintext coefficient, and
         that mask (uint64, one row per chunk). Whoever decrypts the blinded sum learns nothing
         about the sum; `unblind` removes the mask from the decrypted coefficients."""
-        total = self.total()
-        q = self._ctx.modulus
-        mask = _uniform_mod(q, total.c0.shape)
-        return Summed((total.c0 + mask) % np.uint64(q), total.seeds), mask
+        return _blind(self.total(), self._ctx.modulus)
+
+
+def blind(summed: Summed, ctx_bytes: bytes) -> tuple[Summed, np.ndarray]:
+    """`summed` plus a fresh random mask, as `Sum.blinded`, and that mask."""
+    return _blind(summed, _load(bytes(ctx_bytes)).modulus)
+
+
+def _blind(summed: Summed, q: int) -> tuple[Summed, np.ndarray]:
+    mask = _uniform_mod(q, summed.c0.shape)
+    return Summed((summed.c0 + mask) % np.uint64(q), summed.seeds), mask
+
+
+def combine(parts: list[Summed], ctx_bytes: bytes) -> Summed:
+    """The sum of disjoint sums (c0 parts added modulo q, seed records joined in order)."""
+    if not parts or any(p.c0.shape != parts[0].c0.shape for p in parts):
+        raise HEError("combine needs at least one sum, all of the same shape")
+    q = np.uint64(_load(bytes(ctx_bytes)).modulus)
+    c0 = parts[0].c0.copy()
+    for part in parts[1:]:
+        c0 = (c0 + part.c0) % q  # each is below q < 2^63: no overflow
+    return Summed(c0, [seed for part in parts for seed in part.seeds])
 
 
 def _uniform_mod(q: int, shape: tuple[int, ...]) -> np.ndarray:

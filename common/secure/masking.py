@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -291,6 +292,25 @@ def sum_vectors(vectors: Iterable[np.ndarray], size: int) -> np.ndarray:
             raise InputError(f"a masked vector has {vec.size} words, expected {size}")
         np.add(total, vec, out=total)
     return total
+
+
+NEAR_ZERO = 2**28  # |word as int32| below this: 1/8 of the words a uniform (masked) vector holds
+FALSE_ALARM_BITS = 40  # an honestly masked vector is called unmasked with probability below 2^-40
+
+
+def unmasked_problem(vector: np.ndarray) -> str | None:
+    """Why `vector` cannot be a masked vector, or None. Masked words are uniform over 2^32 values,
+    so each lies within NEAR_ZERO of 0 (as int32) with probability 1/8; a plain quantized update,
+    or a zero vector, has nearly all its words there. By Hoeffding's bound, more than
+    L/8 + sqrt(FALSE_ALARM_BITS/2 * ln 2 * L) such words out of L happen to a masked vector with
+    probability below 2^-FALSE_ALARM_BITS (short vectors are never called unmasked)."""
+    words = _words(vector, "a masked vector").view(np.int32).astype(np.int64)
+    near = int(np.count_nonzero(np.abs(words) < NEAR_ZERO))
+    limit = words.size / 8 + math.sqrt(FALSE_ALARM_BITS / 2 * math.log(2) * words.size)
+    if near <= limit:
+        return None
+    return (f"its vector is not masked: {near} of {words.size} words lie near 0, a masked vector has about "
+            f"{words.size // 8} (at most {limit:.0f})")
 
 
 # --- per-chunk seals ---------------------------------------------------------------------------

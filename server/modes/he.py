@@ -1,9 +1,13 @@
 """`he` mode: sites send their update times their example count, CKKS-encrypted under the
 federation's key that only sites hold; the server checks every ciphertext's seal, adds the
 ciphertexts (their c0 parts; the seeds that stand for c1 are kept), blinds the sum with a random
-mask, has one site decrypt it (rotating per round; the next one if it does not answer), removes
-the mask and divides by the total example count. The server never holds the CKKS secret key: it
-sees ciphertexts, and the sum."""
+mask, has two sites decrypt it (rotating per round; they must agree), removes the mask and
+divides by the total example count. The server never holds the CKKS secret key: it sees
+ciphertexts, and sums of at least min-clients sites.
+
+The sum is kept as disjoint partial sums (groups of at least min-clients sites), so that a sum
+that fails its check values is searched by bisection over sub-sums (common/secure/subsums.py):
+the failing groups are left out and named, the others make the round's model."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from common import wire
 from common.errors import InputError, KeyFileError
 from common.integrity.seal import CHUNK_TAG_BYTES, SealError, check_chunks
 from common.learning.models import add_mean_update, averaged_spec, param_count
-from common.secure import he, masking
+from common.secure import he, masking, subsums
 from server.checks import Verdict, num_examples_of, payload_bytes, refusal_of
 from server.enrolment import Attribution, examples_problem
 from server.rounds import (
@@ -41,6 +45,52 @@ MAX_MEAN_UPDATE = masking.DEFAULT_CLIP  # the per-parameter range masked mode cl
 MAX_CHUNK_BYTES = 2 * 8 * he.POLY_MODULUS_DEGREE + 4096  # an unseeded ciphertext, with room for headers
 
 
+@dataclass
+class Group:
+    """Disjoint part of a round's sum: its sites' summed ciphertexts, who they are, their summed
+    example counts and check values."""
+
+    summed: he.Summed
+    sites: list[str]
+    examples: int
+    expected: np.ndarray
+
+
+class PartialSums:
+    """A round's homomorphic sum kept as `leaves` partial sums: each accepted site is added to the
+    next leaf in turn as it arrives, then dropped (memory does not grow with the sites)."""
+
+    def __init__(self, public: bytes, count: int, leaves: int) -> None:
+        self.public = public
+        self.sums = [he.Sum(public, count) for _ in range(leaves)]
+        self.sites: list[list[str]] = [[] for _ in range(leaves)]
+        self.examples = [0] * leaves
+        self.expected = [np.zeros(CHECK_SLOTS) for _ in range(leaves)]
+        self.total_sites = 0
+
+    def add(self, site: str, upload: Upload, checks: np.ndarray) -> None:
+        """Add a checked upload; HEError (this site only, the sums unchanged) if it is malformed."""
+        leaf = self.total_sites % len(self.sums)
+        self.sums[leaf].add_site(upload.chunks, f"site {site}")
+        self.sites[leaf].append(site)
+        self.examples[leaf] += upload.num_examples
+        self.expected[leaf] = self.expected[leaf] + checks
+        self.total_sites += 1
+
+    def groups(self, min_sites: int) -> list[Group]:
+        """The leaves merged into groups of at least `min_sites` sites (subsums.merge_small)."""
+        out = []
+        for leaves in subsums.merge_small([len(s) for s in self.sites], min_sites):
+            out.append(self.join([Group(self.sums[i].total(), self.sites[i], self.examples[i], self.expected[i])
+                                  for i in leaves]))
+        return out
+
+    def join(self, groups: list[Group]) -> Group:
+        """One group of the sites of `groups`, their ciphertexts summed."""
+        return Group(he.combine([g.summed for g in groups], self.public), [s for g in groups for s in g.sites],
+                     sum(g.examples for g in groups), np.sum([g.expected for g in groups], axis=0))
+
+
 @dataclass(frozen=True)
 class Upload:
     """A site's checked he payload: its ciphertexts and example count, and where it came from."""
@@ -58,7 +108,8 @@ def check_he_context(public: bytes, cohort: int) -> None:
 
 
 def run_round(ctx: RoundContext) -> RoundResult:
-    """Send the global model, check and add every site's ciphertexts, decrypt the blinded sum."""
+    """Send the global model, check and add every site's ciphertexts, decrypt the blinded sum (and,
+    if it fails its check, sub-sums to find the groups that spoil it)."""
     public = ctx.keys.he_public_context()  # refuses a context that holds the secret key
     length = param_count(averaged_spec(ctx.spec))  # integer buffers are not encrypted: not averaged
     count = he.n_chunks(length + CHECK_SLOTS)
@@ -66,14 +117,13 @@ def run_round(ctx: RoundContext) -> RoundResult:
     messages = [message(ctx, nid, wire.TRAIN, RecordDict({wire.ARRAYS: ctx.record, wire.CONFIG: ConfigRecord(
         {**ctx.config, wire.CHECK_VALUES: checks[nid].tobytes()})})) for nid in ctx.node_ids]
     result = RoundResult(bytes_down=payload_bytes(ctx.record) * len(messages))
-    total = he.Sum(public, count)
-    total_examples, expected = 0, np.zeros(CHECK_SLOTS)
-    decryptors: list[tuple[str, int]] = []
+    sum_bytes = count * he.POLY_MODULUS_DEGREE * 8
+    parts = PartialSums(public, count, subsums.leaf_count(len(ctx.node_ids), ctx.settings.min_clients, sum_bytes))
+    decryptors = Decryptors(ctx, result, public, length + CHECK_SLOTS)
     metrics: list = []
     senders = Attribution(ctx, result, "train")
 
     def add(reply: Message) -> None:  # each reply is attributed, checked and summed as it arrives, then dropped
-        nonlocal total_examples, expected
         metrics.extend(site_metrics([reply]))
         result.bytes_up += upload_bytes(reply)
         if (site := senders.site(reply)) is None:
@@ -89,13 +139,11 @@ def run_round(ctx: RoundContext) -> RoundResult:
             note_rejection(ctx, result, site, problem)
             return
         try:
-            total.add_site(upload.chunks, f"site {site}")
+            parts.add(site, upload, checks.get(upload.node_id, np.zeros(CHECK_SLOTS)))
         except he.HEError as exc:  # other parameters, truncated, garbled: this site only
             note_rejection(ctx, result, site, f"malformed ciphertext: {exc}")
             return
-        total_examples += upload.num_examples
-        expected = expected + checks.get(upload.node_id, np.zeros(CHECK_SLOTS))
-        decryptors.append((site, upload.node_id))
+        decryptors.sites.append((site, upload.node_id))
         note_accepted(ctx, result, verdict, reply)
 
     def timed_add(reply: Message) -> None:
@@ -106,24 +154,86 @@ def run_round(ctx: RoundContext) -> RoundResult:
     send(ctx, messages, "train", on_reply=timed_add)
     ctx.clock.add_sites(metrics)
 
-    if not enough(ctx, total.sites):  # fewer sites than min-clients: the sum is never decrypted
+    if not enough(ctx, parts.total_sites):  # fewer sites than min-clients: the sum is never decrypted
         return result
     ctx.clock.start("decrypt")
-    summed = decrypt_checked(ctx, result, total, decryptors, public, length + CHECK_SLOTS)
+    groups = parts.groups(ctx.settings.min_clients)
+    whole = parts.join(groups)
+    summed = decryptors.decrypt(whole.summed)
     if summed is None:
-        reason = "no site decrypted the sum, or no two decryptions agreed"
-        ctx.recorder.audit("round_skipped", round=ctx.server_round, reason=reason)
-        log(WARNING, "Round %d skipped: %s; the global model stays as it was", ctx.server_round, reason)
-        return result
-    ctx.clock.start("aggregate")
-    mean_update = summed[:length] / total_examples
-    if (problem := aggregate_problem(summed[length:], expected, mean_update)) is not None:
-        ctx.recorder.audit("aggregate_check_failed", round=ctx.server_round, sites=len(result.used), reason=problem)
-        log(WARNING, "Round %d: %s; the global model stays as it was", ctx.server_round, problem)
+        _skip(ctx, "no site decrypted the sum, or no two decryptions agreed")
         result.used = []
         return result
-    result.arrays = add_mean_update(ctx.base, ctx.spec, mean_update)
+    if (problem := group_problem(summed, whole, length)) is not None:
+        ctx.recorder.audit("aggregate_check_failed", round=ctx.server_round, sites=len(whole.sites), reason=problem)
+        log(WARNING, "Round %d: %s; searching sub-sums for the culprit", ctx.server_round, problem)
+        found = search_groups(ctx, result, groups, decryptors, parts, length)
+        if found is None:
+            result.used = []
+            return result
+        summed, whole = found
+    ctx.clock.start("aggregate")
+    kept = set(whole.sites)
+    result.used = [s for s in result.used if s in kept]
+    result.arrays = add_mean_update(ctx.base, ctx.spec, summed[:length] / whole.examples)
     return result
+
+
+def group_problem(summed: np.ndarray, group: Group, length: int) -> str | None:
+    """Why the decrypted sum of `group` must not become (part of) the model, or None."""
+    return aggregate_problem(summed[length:], group.expected, summed[:length] / group.examples)
+
+
+def search_groups(ctx: RoundContext, result: RoundResult, groups: list[Group], decryptors: Decryptors,
+                  parts: PartialSums, length: int) -> tuple[np.ndarray, Group] | None:
+    """Bisection over the groups' sub-sums (each cross-checked by two decrypting sites): the clean
+    groups' decrypted sum and their joined group, with each failing group left out and named (a
+    one-site group as `update_rejected`, a larger one as `sites_excluded`); None, with the round
+    skipped, when a sub-sum could not be decrypted and agreed or fewer than min-clients sites remain."""
+    decrypted: dict[range, np.ndarray] = {}
+    problems: dict[range, str] = {}
+
+    def passes(span: range) -> bool | None:
+        group = parts.join(groups[span.start:span.stop])
+        summed = decryptors.decrypt(group.summed, agreed_only=True)
+        if summed is None:
+            return None
+        if (problem := group_problem(summed, group, length)) is not None:
+            problems[span] = problem
+            return False
+        decrypted[span] = summed
+        return True
+
+    search = subsums.bisect(len(groups), passes)
+    if search.undecided:
+        _skip(ctx, "a sub-sum of the failing sum could not be decrypted by two agreeing sites: the culprit is unknown")
+        return None
+    for index in search.bad:
+        bad = groups[index]
+        why = problems.get(range(index, index + 1), "its sum fails its check")
+        if len(bad.sites) == 1:
+            note_rejection(ctx, result, bad.sites[0], f"its ciphertexts spoil the sum (found by bisection): {why}")
+            continue
+        reason = (f"one or more of these {len(bad.sites)} sites' ciphertexts spoil the sum: {why}; min-clients "
+                  f"{ctx.settings.min_clients} keeps the search from naming fewer")
+        ctx.recorder.audit("sites_excluded", round=ctx.server_round, clients=sorted(bad.sites, key=_site_order),
+                           reason=reason)
+        log(WARNING, "Round %d: sites %s left out: %s", ctx.server_round, bad.sites, reason)
+    clean = [decrypted[span] for span in search.good]
+    kept = parts.join([g for span in search.good for g in groups[span.start:span.stop]]) if clean else None
+    if kept is None or not enough(ctx, len(kept.sites)):
+        result.used = []
+        return None
+    return np.sum(clean, axis=0), kept
+
+
+def _skip(ctx: RoundContext, reason: str) -> None:
+    ctx.recorder.audit("round_skipped", round=ctx.server_round, reason=reason)
+    log(WARNING, "Round %d skipped: %s; the global model stays as it was", ctx.server_round, reason)
+
+
+def _site_order(site: str) -> tuple[int, str]:
+    return len(site), site
 
 
 def check_values() -> np.ndarray:
@@ -200,65 +310,80 @@ def upload_bytes(reply: Message) -> int:
                for v in (_byte_list(reply.content.get(key), record_key) or []))
 
 
-def decrypt_checked(ctx: RoundContext, result: RoundResult, total: he.Sum, decryptors: list[tuple[str, int]],
-                    public: bytes, length: int) -> np.ndarray | None:
-    """The decrypted sum (first `length` reals), checked by two sites: the round's turn in the
-    rotation and the next each decrypt the sum under their own independent random mask; their
-    results (exact plaintext coefficients) must agree bit for bit. On a mismatch, or when one fails
-    or does not answer, the next site is asked, until two agree; every site whose result differs
-    from the agreed one is named (`decrypt_failed`). With a single decryptor its result stands
-    (the check values still guard it). None if none answered or no two agree."""
-    order = sorted(decryptors, key=lambda d: (len(d[0]), d[0]))  # by site id, not by arrival
-    start = (ctx.server_round - 1) % len(order) if order else 0
-    pending = order[start:] + order[:start]
-    answers: list[tuple[str, np.ndarray]] = []
-    while pending:
-        batch, pending = pending[:2 - min(len(answers), 1)], pending[2 - min(len(answers), 1):]
-        answers += _ask_decrypt(ctx, result, total, batch, public)
-        agreed = next((a for i, (_, a) in enumerate(answers) for _, b in answers[i + 1:] if np.array_equal(a, b)), None)
-        if agreed is not None:
-            witnesses = [s for s, a in answers if np.array_equal(a, agreed)]
-            for site, coeffs in answers:
-                if not np.array_equal(coeffs, agreed):
-                    ctx.recorder.audit("decrypt_failed", round=ctx.server_round, client=site,
-                                       reason=f"its decryption of the sum differs from that of sites {witnesses}")
-                    log(WARNING, "Round %d: site %s decrypted the sum wrongly", ctx.server_round, site)
-            return he.unblind(agreed, np.zeros_like(agreed), public, length)
-    if len(answers) == 1:  # every other decryptor failed or was silent: availability first
-        return he.unblind(answers[0][1], np.zeros_like(answers[0][1]), public, length)
-    return None
+class Decryptors:
+    """The sites that may decrypt this round's sums: the accepted ones, in a rotation that starts
+    with the round's turn. Each sum is decrypted by two of them under independent random masks, and
+    their results (exact plaintext coefficients) must agree bit for bit; on a mismatch, or when one
+    fails or does not answer, the next is asked, until two agree. Every site whose result differs
+    from the agreed one is named (`decrypt_failed`) and not asked again this round."""
 
+    def __init__(self, ctx: RoundContext, result: RoundResult, public: bytes, length: int) -> None:
+        self.ctx, self.result, self.public, self.length = ctx, result, public, length
+        self.sites: list[tuple[str, int]] = []  # (site, node id), as they are accepted
+        self.liars: set[str] = set()
 
-def _ask_decrypt(ctx: RoundContext, result: RoundResult, total: he.Sum, batch: list[tuple[str, int]],
-                 public: bytes) -> list[tuple[str, np.ndarray]]:
-    """Ask each site of `batch` (at once) to decrypt the sum under a fresh mask of its own; return
-    (site, the sum's plaintext coefficients) of each that answered well; audit the others."""
-    masks, messages = {}, []
-    for site, node_id in batch:
-        blinded, masks[node_id] = total.blinded()
-        messages.append(message(ctx, node_id, wire.DECRYPT, RecordDict({
-            wire.HE_SUM: ArrayRecord({wire.C0: Array(blinded.c0)}),
-            wire.HE_CIPHERTEXTS: ConfigRecord({wire.SEEDS: blinded.seeds}), wire.CONFIG: ConfigRecord(ctx.config)})))
-        result.bytes_down += blinded.c0.nbytes + sum(map(len, blinded.seeds))
-    replies = {r.metadata.src_node_id: r for r in send(ctx, messages, "decrypt")}
-    out = []
-    for site, node_id in batch:
-        reply, reason = replies.get(node_id), "no reply in time"
-        if reply is not None and reply.has_error():
-            reason = f"error: {reply.error.reason}"
-        elif reply is not None:
-            record = reply.content.get(wire.DECRYPTED)
-            array = record.get(wire.COEFFICIENTS) if isinstance(record, ArrayRecord) else None
-            reason = "reply holds no coefficients of the expected shape"
-            if isinstance(array, Array) and array.dtype == "uint64" and tuple(array.shape) == masks[node_id].shape:
-                result.bytes_up += len(array.data)
-                try:
-                    out.append((site, he.remove_mask(array.numpy(), masks[node_id], public)))
-                    ctx.recorder.audit("sum_decrypted", round=ctx.server_round, client=site, sites=len(result.used))
-                    log(INFO, "Round %d: site %s decrypted the blinded sum", ctx.server_round, site)
-                    continue
-                except (he.HEError, ValueError) as exc:
-                    reason = f"bad coefficients: {exc}"
-        ctx.recorder.audit("decrypt_failed", round=ctx.server_round, client=site, reason=reason)
-        log(WARNING, "Round %d: site %s did not decrypt the sum (%s)", ctx.server_round, site, reason)
-    return out
+    def decrypt(self, summed: he.Summed, agreed_only: bool = False) -> np.ndarray | None:
+        """The decrypted sum (first `length` reals), or None if no two decryptions agree. With a
+        single decryptor answering its result stands (the check values still guard it), unless
+        `agreed_only`."""
+        order = sorted((d for d in self.sites if d[0] not in self.liars), key=lambda d: _site_order(d[0]))
+        start = (self.ctx.server_round - 1) % len(order) if order else 0
+        pending = order[start:] + order[:start]
+        answers: list[tuple[str, np.ndarray]] = []
+        while pending:
+            ask = 2 - min(len(answers), 1)
+            batch, pending = pending[:ask], pending[ask:]
+            answers += self._ask(summed, batch)
+            agreed = next((a for i, (_, a) in enumerate(answers) for _, b in answers[i + 1:] if np.array_equal(a, b)),
+                          None)
+            if agreed is not None:
+                self._name_liars(answers, agreed)
+                return he.unblind(agreed, np.zeros_like(agreed), self.public, self.length)
+        if len(answers) == 1 and not agreed_only:  # every other decryptor failed or was silent: availability first
+            return he.unblind(answers[0][1], np.zeros_like(answers[0][1]), self.public, self.length)
+        return None
+
+    def _name_liars(self, answers: list[tuple[str, np.ndarray]], agreed: np.ndarray) -> None:
+        witnesses = [s for s, a in answers if np.array_equal(a, agreed)]
+        for site, coeffs in answers:
+            if not np.array_equal(coeffs, agreed):
+                self.liars.add(site)
+                self.ctx.recorder.audit("decrypt_failed", round=self.ctx.server_round, client=site,
+                                        reason=f"its decryption of the sum differs from that of sites {witnesses}")
+                log(WARNING, "Round %d: site %s decrypted the sum wrongly", self.ctx.server_round, site)
+
+    def _ask(self, summed: he.Summed, batch: list[tuple[str, int]]) -> list[tuple[str, np.ndarray]]:
+        """Ask each site of `batch` (at once) to decrypt `summed` under a fresh mask of its own;
+        return (site, the sum's plaintext coefficients) of each that answered well; audit the others."""
+        ctx, result = self.ctx, self.result
+        masks, messages = {}, []
+        for site, node_id in batch:
+            blinded, masks[node_id] = he.blind(summed, self.public)
+            messages.append(message(ctx, node_id, wire.DECRYPT, RecordDict({
+                wire.HE_SUM: ArrayRecord({wire.C0: Array(blinded.c0)}),
+                wire.HE_CIPHERTEXTS: ConfigRecord({wire.SEEDS: blinded.seeds}),
+                wire.CONFIG: ConfigRecord(ctx.config)})))
+            result.bytes_down += blinded.c0.nbytes + sum(map(len, blinded.seeds))
+        replies = {r.metadata.src_node_id: r for r in send(ctx, messages, "decrypt")}
+        out = []
+        for site, node_id in batch:
+            reply, reason = replies.get(node_id), "no reply in time"
+            if reply is not None and reply.has_error():
+                reason = f"error: {reply.error.reason}"
+            elif reply is not None:
+                record = reply.content.get(wire.DECRYPTED)
+                array = record.get(wire.COEFFICIENTS) if isinstance(record, ArrayRecord) else None
+                reason = "reply holds no coefficients of the expected shape"
+                if isinstance(array, Array) and array.dtype == "uint64" and tuple(array.shape) == masks[node_id].shape:
+                    result.bytes_up += len(array.data)
+                    try:
+                        out.append((site, he.remove_mask(array.numpy(), masks[node_id], self.public)))
+                        ctx.recorder.audit("sum_decrypted", round=ctx.server_round, client=site,
+                                           sites=len(summed.seeds))
+                        log(INFO, "Round %d: site %s decrypted a blinded sum", ctx.server_round, site)
+                        continue
+                    except (he.HEError, ValueError) as exc:
+                        reason = f"bad coefficients: {exc}"
+            ctx.recorder.audit("decrypt_failed", round=ctx.server_round, client=site, reason=reason)
+            log(WARNING, "Round %d: site %s did not decrypt the sum (%s)", ctx.server_round, site, reason)
+        return out

@@ -7,8 +7,9 @@ and learns only the sum of the survivors' weighted updates. One round:
 2. share keys - the signed roster to every advertised site; encrypted shares come back.
 3. train      - the global model plus each site's forwarded shares; masked vector + chunk seals
                 come back. Every chunk seal is checked before anything is summed; a site that
-                fails (tampered, replayed, forged, malformed) is audited `update_rejected` and
-                handled as a dropout; a site that refuses the model or vanishes is a dropout.
+                fails (tampered, replayed, forged, malformed, or a vector that is not masked) is
+                audited `update_rejected` and handled as a dropout; a site that refuses the model
+                or vanishes is a dropout.
 4. unmask     - the survivors reveal seed shares of survivors and key shares of dropouts; the
                 masks are removed and new global = base + sum / (survivors' summed weight), float32.
 
@@ -206,11 +207,14 @@ def run_round(ctx: RoundContext) -> RoundResult:
 
 
 def _skip(ctx: RoundContext, result: RoundResult, reason: str, culprit: str | None = None) -> None:
-    """The round cannot be unmasked: audit it (naming the culprit when the protocol proves one); the
-    global model stays as it was."""
+    """The round cannot be unmasked: audit it (naming the culprit when the protocol proves one, who
+    then takes no further part in the run: a dealer of inconsistent shares would spoil every
+    round); the global model stays as it was."""
     ctx.recorder.audit("round_skipped", round=ctx.server_round, accepted=len(result.used), reason=reason,
                        **({"client": culprit} if culprit else {}))
     log(WARNING, "Round %d skipped: %s; the global model stays as it was", ctx.server_round, reason)
+    if culprit and ctx.roster is not None:
+        ctx.roster.banned[culprit] = f"in round {ctx.server_round} {reason}"
     result.used = []
 
 
@@ -278,4 +282,6 @@ def _check_upload(reply: Message, site: str, size: int, key: bytes, roster: seca
         return f"malformed seal record: {exc}", None
     if not set(partners) <= set(roster.neighbours.get(site, ())):
         return f"pairwise partners {list(partners)} are not all its neighbours", None
+    if problem := masking.unmasked_problem(vector):  # its masks left out: the sum would not cancel
+        return problem, None
     return vector, partners

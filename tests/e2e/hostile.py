@@ -167,6 +167,24 @@ def _zero_vector(msg: Message, reply: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _bad_dealer(msg: Message, reply: Message, context: Context) -> Message:
+    """At share-keys (round 1 only), a commitment to another self-mask seed than the one it shared,
+    sealed again with its own key: its honestly dealt shares rebuild a seed that fails it."""
+    config = msg.content[wire.CONFIG]
+    if str(config[wire.MASKED_STAGE]) != wire.STAGE_SHARE_KEYS or int(config[wire.SERVER_ROUND]) != 1:
+        return reply
+    key, run_name, server_round = _round_key(msg, context)
+    rec = reply.content[wire.MASKED]
+    site = str(rec[wire.CLIENT_ID])
+    context_bytes = masking.round_context(run_name, server_round)
+    shares = dict(zip([str(d) for d in rec[wire.DESTINATIONS]], [bytes(c) for c in rec[wire.CIPHERTEXTS]]))
+    digests = dict(zip([str(h) for h in rec[wire.DIGEST_HOLDERS]], [bytes(d) for d in rec[wire.SHARE_DIGESTS]]))
+    out = secagg.SharesOut(shares, secagg.commitment(context_bytes, site, bytes(32)), b"", digests)
+    tag = masking.tag_message(key, secagg.SHARES, *secagg.shares_fields(context_bytes, site, out))
+    changed = {**dict(rec.items()), wire.COMMITMENT: out.commitment, wire.MASKED_TAG: tag}
+    return Message(content=RecordDict({wire.MASKED: ConfigRecord(changed)}), reply_to=msg)
+
+
 def _lying_decryption(msg: Message, reply: Message, context: Context) -> Message:
     """Its decryption of the blinded sum with ten coefficients replaced (all below the modulus)."""
     raw = reply.content[wire.DECRYPTED][wire.COEFFICIENTS].numpy().copy()
@@ -202,5 +220,6 @@ lying_decryptor = hostile_app(decrypt=_lying_decryption)
 foreign_key = hostile_app(train=_foreign_key)
 zero_vector = hostile_app(train=_zero_vector)
 lying_reveal = hostile_app(masked=_lying_reveal)
+bad_dealer = hostile_app(masked=_bad_dealer)
 impersonate = hostile_app(train=_impersonate)
 inflated_enrolment = hostile_app(enrol=_inflated_enrolment)

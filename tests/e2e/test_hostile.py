@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 
 from common.errors import REASON_LIMIT
 from common.run import records
@@ -20,6 +21,26 @@ from tests.simrun import simulate_hostile
 SITES, ROUNDS = 5, 3
 HONEST = {str(i) for i in range(SITES)} - {str(HOSTILE)}
 NAMING = ("update_rejected", "shares_rejected", "site_rejected", "decrypt_failed", "enrolment_rejected")
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """clean(mode): the folder of a run of five honest sites with the same seed (made once per mode)."""
+    runs: dict[str, Path] = {}
+
+    def run(mode: str) -> Path:
+        if mode not in runs:
+            runs[mode] = tmp_path_factory.mktemp(f"clean-{mode}")
+            simulate_hostile("client.app:app", SITES, runs[mode], dataset="breast-cancer", num_rounds=ROUNDS,
+                             seed=0, secure_mode=mode)
+        return runs[mode]
+    return run
+
+
+def assert_within_one_example(folder: Path, clean_folder: Path) -> None:
+    """The final accuracy is within one test example of the clean run's."""
+    one_example = 1 / json.loads((clean_folder / records.SUMMARY).read_text())["test_examples"]
+    assert abs(_rounds(folder)[-1]["accuracy"] - _rounds(clean_folder)[-1]["accuracy"]) <= one_example + 1e-9
 
 
 def _audit(folder: Path) -> list[dict]:
@@ -106,22 +127,36 @@ def test_masked_a_holder_revealing_bad_seed_shares_is_named_and_the_round_comple
     assert [r["clients_used"] for r in _rounds(out)] == [SITES] * ROUNDS
 
 
-def test_masked_an_unmasked_zero_vector_is_caught_and_the_model_kept(tmp_path):
-    """A validly sealed all-zero vector (its masks left out): the unmasked sum misses the server's
-    check values, so every round is refused (`aggregate_check_failed`), the model stays the
-    initial one, and no site is blamed (the sum alone cannot tell whose vector was wrong)."""
-    out = tmp_path / "zero_vector"
-    simulate_hostile("tests.e2e.hostile:zero_vector", SITES, out, dataset="breast-cancer", num_rounds=2,
-                     seed=0, secure_mode="masked")
-    failed = [a for a in _audit(out) if a["event"] == "aggregate_check_failed"]
-    assert [a["round"] for a in failed] == [1, 2] and all("client" not in a for a in failed)
+def test_masked_a_dealer_of_inconsistent_shares_is_named_and_left_out_of_the_run(tmp_path):
+    """In round 1 the hostile site commits to another seed than the one it shares: its verified
+    shares rebuild a seed that fails its commitment, which proves the dealer lied. That round is
+    skipped naming it (its vector's masks cannot be removed), and from round 2 on it takes no part
+    (`site_rejected`) while the four honest sites are summed: the run finishes, nobody else is named."""
+    out = _run(tmp_path, "bad_dealer", "masked")
+    skipped = [a for a in _audit(out) if a["event"] == "round_skipped"]
+    assert [(a["round"], a.get("client")) for a in skipped] == [(1, str(HOSTILE))]
+    assert "does not match its commitment" in skipped[0]["reason"]
+    left_out = _named(out, "site_rejected")
+    assert [(r, c) for r, c, _ in left_out] == [(r, "1") for r in range(2, ROUNDS + 1)]
+    assert "left out for the rest of the run: in round 1" in left_out[0][2]
     assert not [a for a in _audit(out) if a.get("client") in HONEST and a["event"] in NAMING]
-    first, second = _rounds(out)
-    assert first["clients_used"] == second["clients_used"] == 0
-    assert first["loss"] == second["loss"] and first["accuracy"] == second["accuracy"]
+    assert [r["clients_used"] for r in _rounds(out)] == [0] + [SITES - 1] * (ROUNDS - 1)
 
 
-def test_he_a_lying_decryptor_is_named_and_the_honest_sum_used(tmp_path):
+def test_masked_an_unmasked_zero_vector_is_named_and_the_others_summed(tmp_path, clean):
+    """A validly sealed all-zero vector (its masks left out): a masked vector is uniform, this one
+    is not, so the site is named `update_rejected` in every round before anything is summed, its
+    pairwise masks are removed as a dropout's, and the four honest updates make the model."""
+    out = _run(tmp_path, "zero_vector", "masked")
+    assert_only_the_hostile_site_is_named(out)
+    rejected = _named(out, "update_rejected")
+    assert [(r, c) for r, c, _ in rejected] == [(r, "1") for r in range(1, ROUNDS + 1)]
+    assert all("its vector is not masked" in why for _, _, why in rejected)
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES - 1] * ROUNDS
+    assert_within_one_example(out, clean("masked"))
+
+
+def test_he_a_lying_decryptor_is_named_and_the_honest_sum_used(tmp_path, clean):
     """The hostile site alters its decryption whenever it is asked (rounds 1 and 2 of the rotation):
     its result differs from the other decryptor's, a third site settles it, the liar is named
     `decrypt_failed`, and every round uses all five sites' updates."""
@@ -130,22 +165,37 @@ def test_he_a_lying_decryptor_is_named_and_the_honest_sum_used(tmp_path):
     failed = _named(out, "decrypt_failed")
     assert [(r, c) for r, c, _ in failed] == [(1, "1"), (2, "1")]
     assert [r["clients_used"] for r in _rounds(out)] == [SITES] * ROUNDS
-    clean = tmp_path / "clean"
-    simulate_hostile("client.app:app", SITES, clean, dataset="breast-cancer", num_rounds=ROUNDS, seed=0,
-                     secure_mode="he")
-    one_example = 1 / json.loads((clean / records.SUMMARY).read_text())["test_examples"]
-    assert abs(_rounds(out)[-1]["accuracy"] - _rounds(clean)[-1]["accuracy"]) <= one_example + 1e-9
+    assert_within_one_example(out, clean("he"))
 
 
-def test_he_a_ciphertext_under_another_key_is_caught_and_the_model_kept(tmp_path):
-    """The hostile site encrypts under a CKKS key of the same parameters: the sum decrypts to
-    garbage, the check values miss, every round is refused and the model stays the initial one."""
+def test_he_a_ciphertext_under_another_key_is_found_by_bisection_and_named(tmp_path, clean):
+    """The hostile site encrypts under a CKKS key of the same parameters: the sum misses the check
+    values (`aggregate_check_failed`), and with min-clients 1 the bisection over sub-sums goes down
+    to single sites, names the hostile one in every round and sums the four others."""
     out = tmp_path / "foreign_key"
+    simulate_hostile("tests.e2e.hostile:foreign_key", SITES, out, dataset="breast-cancer", num_rounds=ROUNDS,
+                     seed=0, secure_mode="he", min_clients=1)
+    failed = [a for a in _audit(out) if a["event"] == "aggregate_check_failed"]
+    assert [a["round"] for a in failed] == list(range(1, ROUNDS + 1)) and "check values" in failed[0]["reason"]
+    rejected = _named(out, "update_rejected")
+    assert [(r, c) for r, c, _ in rejected] == [(r, "1") for r in range(1, ROUNDS + 1)]
+    assert all("found by bisection" in why for _, _, why in rejected)
+    assert not [a for a in _audit(out) if a.get("client") in HONEST and a["event"] in NAMING]
+    assert [r["clients_used"] for r in _rounds(out)] == [SITES - 1] * ROUNDS
+    assert_within_one_example(out, clean("he"))
+
+
+def test_he_with_min_clients_2_the_culprits_group_is_left_out_and_the_rest_used(tmp_path):
+    """With min-clients 2 no sum of fewer than 2 sites may be revealed, so the search stops at a
+    group of 2 or 3 sites holding the hostile one: that group is left out and named as a group
+    (`sites_excluded`), no single honest site is blamed, and the other group's sum moves the model."""
+    out = tmp_path / "foreign_key_groups"
     simulate_hostile("tests.e2e.hostile:foreign_key", SITES, out, dataset="breast-cancer", num_rounds=2,
                      seed=0, secure_mode="he")
-    failed = [a for a in _audit(out) if a["event"] == "aggregate_check_failed"]
-    assert [a["round"] for a in failed] == [1, 2] and "check values" in failed[0]["reason"]
-    assert not [a for a in _audit(out) if a.get("client") in HONEST and a["event"] in NAMING]
-    first, second = _rounds(out)
-    assert first["clients_used"] == second["clients_used"] == 0
-    assert first["loss"] == second["loss"] and first["accuracy"] == second["accuracy"]
+    excluded = [a for a in _audit(out) if a["event"] == "sites_excluded"]
+    assert [a["round"] for a in excluded] == [1, 2]
+    assert all(str(HOSTILE) in a["clients"] and 2 <= len(a["clients"]) <= 3 for a in excluded)
+    assert not [a for a in _audit(out) if a["event"] in NAMING or a["event"] == "round_skipped"]
+    rounds = _rounds(out)
+    assert [r["clients_used"] for r in rounds] == [SITES - len(a["clients"]) for a in excluded]
+    assert rounds[0]["loss"] != rounds[1]["loss"]  # the honest group's update was applied

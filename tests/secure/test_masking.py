@@ -542,3 +542,26 @@ def test_check_values_in_reserved_slots_catch_a_vector_sent_without_its_masks():
     result, survivors, _, rejected, _ = run_round(deltas, [5, 6, 7, 8], checks=checks, zeroed=("2",))
     assert rejected == [] and not secagg.checks_hold(result.total, [checks[s] for s in survivors])
     assert padded[0].size == result.total.size
+
+
+@pytest.mark.parametrize("size", [9, 20, 39, 400, 70_000])
+def test_masked_vectors_are_never_called_unmasked(size):
+    """A really masked vector (a plain update plus a self-mask and pairwise masks) passes, at every
+    length, in 300 draws (the bound's false alarm rate is below 2^-40)."""
+    quantizer, rng = Quantizer(sites=5), np.random.default_rng(size)
+    for _ in range(300 if size < 1000 else 5):
+        masks = [(os.urandom(masking.MASK_KEY_LEN), sign) for sign in (1, 1, -1)]
+        vector = masking.mask_update(rng.normal(0, 0.05, size).astype(np.float32), 0.2, quantizer, masks)
+        assert masking.unmasked_problem(vector) is None
+
+
+@pytest.mark.parametrize("size", [20, 39, 400, 70_000])
+def test_a_plain_update_or_a_zero_vector_is_called_unmasked(size):
+    """What a site that leaves its masks out sends - its quantized update, or zeros - is named in
+    one line, from 20 words on (shorter vectors are never judged)."""
+    quantizer, rng = Quantizer(sites=5), np.random.default_rng(size)
+    plain = masking.mask_update(rng.normal(0, 0.05, size).astype(np.float32), 0.2, quantizer, ())
+    for vector in (plain, np.zeros(size, np.uint32)):
+        problem = masking.unmasked_problem(vector)
+        assert problem is not None and problem.startswith("its vector is not masked") and "\n" not in problem
+    assert masking.unmasked_problem(np.zeros(9, np.uint32)) is None

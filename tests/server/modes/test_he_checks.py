@@ -1,6 +1,7 @@
 """he mode's defences against a lying decryptor or a foreign ciphertext (DESIGN.md §2.5): two
 sites decrypt the same sum under independent masks and must agree bit for bit (a third settles a
-mismatch and the liar is named), and the decrypted sum must reproduce the server's check values."""
+mismatch and the liar is named), the decrypted sum must reproduce the server's check values, and
+a sum that does not is searched by bisection over sub-sums of at least min-clients sites."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ from common import wire
 from common.run import records
 from common.run.records import RunRecorder
 from common.run.settings import RunSettings
-from common.secure import he
-from server.modes.he import CHECK_SLOTS, aggregate_problem, check_values, decrypt_checked
+from common.secure import he, subsums
+from server.modes.he import (
+    CHECK_SLOTS,
+    Decryptors,
+    PartialSums,
+    Upload,
+    aggregate_problem,
+    check_values,
+    group_problem,
+    search_groups,
+)
 from server.rounds import RoundContext, RoundResult
 from tests.server.fakes import Grid
 
@@ -55,7 +65,9 @@ def summed(fed):
 
 def _decrypt(fed, tmp_path, summed, liars=(), server_round=1):
     ctx = context(fed, tmp_path, decryptor(fed, liars), server_round)
-    out = decrypt_checked(ctx, RoundResult(), summed[0], sorted(NODES.items()), fed[0].he_public_context(), LENGTH)
+    decryptors = Decryptors(ctx, RoundResult(), fed[0].he_public_context(), LENGTH)
+    decryptors.sites = sorted(NODES.items())
+    out = decryptors.decrypt(summed[0].total())
     return out, records.read_jsonl(tmp_path / records.AUDIT)
 
 
@@ -81,3 +93,106 @@ def test_check_values_catch_a_wrong_sum_and_the_bound_a_huge_mean():
     assert "misses the sites' check values" in aggregate_problem(expected + 3e4, expected, np.zeros(10))
     assert "misses" in aggregate_problem(np.full(CHECK_SLOTS, np.nan), expected, np.zeros(10))
     assert "above the bound" in aggregate_problem(expected, expected, np.full(10, 1e6))
+
+
+# Bisection over sub-sums: real ciphertexts, a fake grid whose sites decrypt honestly.
+
+def _uploads(n, culprits, length=LENGTH, seed=5):
+    """PartialSums of `n` sites' real he uploads (site i: 10 + i examples), `culprits` encrypting
+    under another CKKS key of the same parameters; the honest sites' weighted sum and each
+    site's seed record (how the decrypting sites' requests name who is in a sum)."""
+    secret, public = he.make_keys()
+    foreign, _ = he.make_keys()
+    rng = np.random.default_rng(seed)
+    count = he.n_chunks(length + CHECK_SLOTS)
+    sites, seed_of, honest = [], {}, {}
+    for i in range(n):
+        site, examples, checks = str(i), 10 + i, check_values()
+        update = rng.normal(0, 0.01, length)
+        vector = np.concatenate([update, checks / examples])
+        chunks = he.encrypt(vector, float(examples), foreign if site in culprits else secret)
+        single = he.Sum(public, count)
+        single.add_site(chunks)
+        seed_of[single.total().seeds[0]] = site
+        sites.append((site, Upload(chunks, examples, 1000 + i), checks))
+        if site not in culprits:
+            honest[site] = (update * examples, examples)
+    return secret, public, count, sites, seed_of, honest
+
+
+def _search(tmp_path, n, culprits, min_clients, decrypting=None):
+    """Add `n` sites to partial sums as the round does, fail the whole sum, search it; return what
+    search_groups returned, the audit, and the sets of sites each decryption request covered."""
+    secret, public, count, sites, seed_of, honest = _uploads(n, culprits)
+    parts = PartialSums(public, count, subsums.leaf_count(n, min_clients, count * he.POLY_MODULUS_DEGREE * 8))
+    for site, upload, checks in sites:
+        parts.add(site, upload, checks)
+    requests = []
+
+    def answer(msg):
+        seeds = list(msg.content[wire.HE_CIPHERTEXTS][wire.SEEDS])
+        requests.append({seed_of[s] for s in seeds})
+        raw = he.decrypt_raw(he.Summed(msg.content[wire.HE_SUM][wire.C0].numpy(), seeds), secret)
+        return Message(RecordDict({wire.DECRYPTED: ArrayRecord({wire.COEFFICIENTS: Array(raw)})}), reply_to=msg)
+
+    ctx = RoundContext(grid=Grid(answer), node_ids=[u.node_id for _, u, _ in sites],
+                       settings=RunSettings(min_clients=min_clients), keys=None, spec={}, run_name="run-bisect",
+                       server_round=1, published={}, base={}, record=None, config={},
+                       recorder=RunRecorder(tmp_path), clock=None)
+    result = RoundResult(used=[s for s, _, _ in sites])
+    decryptors = Decryptors(ctx, result, public, LENGTH + CHECK_SLOTS)
+    decryptors.sites = [(s, u.node_id) for s, u, _ in sites][:decrypting]
+    groups = parts.groups(min_clients)
+    whole = parts.join(groups)
+    assert group_problem(decryptors.decrypt(whole.summed), whole, LENGTH) is not None  # the sum is spoiled
+    found = search_groups(ctx, result, groups, decryptors, parts, LENGTH)
+    return found, records.read_jsonl(tmp_path / records.AUDIT), requests, honest
+
+
+def _assert_private(requests, min_clients):
+    """Every decrypted sum, and the difference of any two, covers at least min-clients sites."""
+    assert all(len(a) >= min_clients for a in requests)
+    assert all(len(a ^ b) >= min_clients or a == b for i, a in enumerate(requests) for b in requests[i + 1:])
+
+
+def test_bisection_names_the_one_site_under_another_key_and_keeps_the_others(tmp_path):
+    """min-clients 1 lets the search go down to single sites: the culprit is named, the seven
+    others make the round's sum exactly."""
+    found, audit, requests, honest = _search(tmp_path, 8, {"5"}, min_clients=1)
+    summed, kept = found
+    assert sorted(kept.sites, key=int) == sorted(honest, key=int)
+    assert kept.examples == sum(e for _, e in honest.values())
+    assert np.abs(summed[:LENGTH] - sum(u for u, _ in honest.values())).max() < 1e-6
+    rejected = [a for a in audit if a["event"] == "update_rejected"]
+    assert [a["client"] for a in rejected] == ["5"] and "found by bisection" in rejected[0]["reason"]
+    assert not [a for a in audit if a["event"] in ("sites_excluded", "round_skipped", "decrypt_failed")]
+    _assert_private(requests, 1)
+
+
+def test_bisection_at_scale_leaves_out_only_the_culprits_groups_and_reveals_no_small_sum(tmp_path):
+    """120 sites, min-clients 3, two under another key: each culprit's group of 3 is left out and
+    named as a group (`sites_excluded`, one line), the other 114 sites are summed, every revealed
+    sum covers at least 3 sites (and so does the difference of any two), and the search decrypts
+    O(log n) sub-sums, not one per group."""
+    found, audit, requests, honest = _search(tmp_path, 120, {"17", "88"}, min_clients=3)
+    summed, kept = found
+    excluded = [a for a in audit if a["event"] == "sites_excluded"]
+    assert len(excluded) == 2 and all(len(a["clients"]) == 3 for a in excluded)
+    assert sorted(c for a in excluded for c in a["clients"] if c in ("17", "88")) == ["17", "88"]
+    assert all("\n" not in a["reason"] and "min-clients 3" in a["reason"] for a in excluded)
+    left_out = {c for a in excluded for c in a["clients"]}
+    assert set(kept.sites) == {str(i) for i in range(120)} - left_out and len(kept.sites) == 114
+    expected = sum(u for s, (u, _) in honest.items() if s not in left_out)
+    assert np.abs(summed[:LENGTH] - expected).max() < 1e-6
+    assert not [a for a in audit if a["event"] in ("update_rejected", "round_skipped")]
+    _assert_private(requests, 3)
+    assert len(requests) <= 2 * 2 * 2 * 6 + 2  # two decryptors per sum, two halves per level, two paths, 6 levels
+
+
+def test_a_search_that_cannot_be_cross_checked_names_nobody_and_skips_the_round(tmp_path):
+    """With a single decrypting site no sub-sum can be cross-checked: nobody is named, the round
+    is skipped and the model stays (an unattributable attack never corrupts the model)."""
+    found, audit, _, _ = _search(tmp_path, 6, {"2"}, min_clients=1, decrypting=1)
+    assert found is None
+    assert [a["event"] for a in audit if a["event"] != "sum_decrypted"] == ["round_skipped"]
+    assert "culprit is unknown" in audit[-1]["reason"]
