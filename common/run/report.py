@@ -49,7 +49,7 @@ EVENT_TEXT = {
     "cohort": "sites sampled into the round",
     "site_enrolled": "node proved with the site's seal key that it is this site (once per run)",
     "enrolment_rejected": "node's proof of its site id failed: it takes no part (named by node)",
-    "site_rejected": "site left out: its example count is above max-site-weight",
+    "site_rejected": "site left out: its example count is above max-site-weight, or it spoiled a round before",
     "aggregate_check_failed": "aggregate refused: the check values did not hold (he: the sub-sums are searched)",
     "sites_excluded": "group of sites left out: one of them spoils the sum; min-clients forbids naming fewer (he)",
 }
