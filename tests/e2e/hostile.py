@@ -127,6 +127,25 @@ def _impersonate(msg: Message, reply: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _impersonate_he(msg: Message, reply: Message, context: Context) -> Message:
+    """he: round 1, its ciphertexts sealed with the victim's stolen key under the victim's id;
+    round 2, its own sealed ciphertexts claiming 10**9 examples; round 3, the victim's id on them."""
+    from common.integrity.seal import seal_chunks
+
+    config = msg.content[wire.CONFIG]
+    server_round, run_name = int(config[wire.SERVER_ROUND]), str(config[wire.RUN_NAME])
+    content = RecordDict(dict(reply.content.items()))
+    if server_round == 2:
+        content[wire.METRICS][wire.NUM_EXAMPLES] = 10**9
+        return Message(content=content, reply_to=msg)
+    if server_round == 1:
+        chunks = [bytes(c) for c in reply.content[wire.HE_CIPHERTEXTS][wire.CHUNKS]]
+        tags = seal_chunks(chunks, _victim_keys(msg).seal_key, run_name, server_round, VICTIM, "he")
+        content[wire.SEALS] = ConfigRecord({wire.TAGS: tags})
+    content[wire.CONFIG] = ConfigRecord({wire.CLIENT_ID: VICTIM})
+    return Message(content=content, reply_to=msg)
+
+
 def _inflated_enrolment(msg: Message, reply: Message, context: Context) -> Message:
     """A valid enrolment proof (its own key and node) for 10**9 examples."""
     config = msg.content[wire.CONFIG]
@@ -222,4 +241,5 @@ zero_vector = hostile_app(train=_zero_vector)
 lying_reveal = hostile_app(masked=_lying_reveal)
 bad_dealer = hostile_app(masked=_bad_dealer)
 impersonate = hostile_app(train=_impersonate)
+impersonate_he = hostile_app(train=_impersonate_he)
 inflated_enrolment = hostile_app(enrol=_inflated_enrolment)
