@@ -111,25 +111,9 @@ def _victim_keys(msg: Message) -> ClientKeys:
 
 
 def _impersonate(msg: Message, reply: Message, context: Context) -> Message:
-    """Round 1: the trained weights sealed with the victim's key, claiming the victim's id; round 2:
-    its own sealed weights claiming 10**9 examples; round 3: claiming the victim's id unsealed."""
-    config = msg.content[wire.CONFIG]
-    server_round, run_name = int(config[wire.SERVER_ROUND]), str(config[wire.RUN_NAME])
-    content = RecordDict(dict(reply.content.items()))
-    if server_round == 2:
-        content[wire.METRICS][wire.NUM_EXAMPLES] = 10**9
-        return Message(content=content, reply_to=msg)
-    if server_round == 1:
-        arrays = {name: arr.numpy() for name, arr in reply.content[wire.ARRAYS].items()}
-        opened = seal_update(watermark.strip(arrays), _victim_keys(msg).seal_key, run_name, server_round, VICTIM)
-        content[wire.ARRAYS] = fedseal.to_record(opened)
-    content[wire.CONFIG] = ConfigRecord({wire.CLIENT_ID: VICTIM})
-    return Message(content=content, reply_to=msg)
-
-
-def _impersonate_he(msg: Message, reply: Message, context: Context) -> Message:
-    """he: round 1, its ciphertexts sealed with the victim's stolen key under the victim's id;
-    round 2, its own sealed ciphertexts claiming 10**9 examples; round 3, the victim's id on them."""
+    """Round 1: its payload (none: the trained weights; he: the ciphertexts) sealed with the
+    victim's stolen key, claiming the victim's id; round 2: its own sealed payload claiming 10**9
+    examples; round 3: claiming the victim's id on its own sealed payload."""
     from common.integrity.seal import seal_chunks
 
     config = msg.content[wire.CONFIG]
@@ -138,10 +122,14 @@ def _impersonate_he(msg: Message, reply: Message, context: Context) -> Message:
     if server_round == 2:
         content[wire.METRICS][wire.NUM_EXAMPLES] = 10**9
         return Message(content=content, reply_to=msg)
-    if server_round == 1:
+    if server_round == 1 and wire.HE_CIPHERTEXTS in reply.content:
         chunks = [bytes(c) for c in reply.content[wire.HE_CIPHERTEXTS][wire.CHUNKS]]
         tags = seal_chunks(chunks, _victim_keys(msg).seal_key, run_name, server_round, VICTIM, "he")
         content[wire.SEALS] = ConfigRecord({wire.TAGS: tags})
+    elif server_round == 1:
+        arrays = {name: arr.numpy() for name, arr in reply.content[wire.ARRAYS].items()}
+        opened = seal_update(watermark.strip(arrays), _victim_keys(msg).seal_key, run_name, server_round, VICTIM)
+        content[wire.ARRAYS] = fedseal.to_record(opened)
     content[wire.CONFIG] = ConfigRecord({wire.CLIENT_ID: VICTIM})
     return Message(content=content, reply_to=msg)
 
@@ -241,5 +229,4 @@ zero_vector = hostile_app(train=_zero_vector)
 lying_reveal = hostile_app(masked=_lying_reveal)
 bad_dealer = hostile_app(masked=_bad_dealer)
 impersonate = hostile_app(train=_impersonate)
-impersonate_he = hostile_app(train=_impersonate_he)
 inflated_enrolment = hostile_app(enrol=_inflated_enrolment)
