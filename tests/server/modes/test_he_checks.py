@@ -16,7 +16,6 @@ from common.run.settings import RunSettings
 from common.secure import he, subsums
 from server.modes.he import (
     CHECK_SLOTS,
-    Decryptors,
     PartialSums,
     Upload,
     aggregate_problem,
@@ -24,6 +23,7 @@ from server.modes.he import (
     group_problem,
     search_groups,
 )
+from server.modes.he_decrypt import Decryptors
 from server.rounds import RoundContext, RoundResult
 from tests.server.fakes import Grid
 
