@@ -49,6 +49,18 @@ def site_of(reply: Message) -> str:
     return f"node-{reply.metadata.src_node_id}"
 
 
+def refusal_event(reply: Message) -> str:
+    """The audit event of a refusal: `dp_budget_spent` when the site's DP budget is spent,
+    `site_failed` when its own data, evaluation or training failed, else `global_refused` (it
+    refused the global model)."""
+    config = reply.content.get(wire.CONFIG) if not reply.has_error() else None
+    if isinstance(config, ConfigRecord) and int(config.get(wire.DP_BUDGET_SPENT, 0) or 0) == 1:
+        return "dp_budget_spent"
+    if isinstance(config, ConfigRecord) and int(config.get(wire.SITE_FAILED, 0) or 0) == 1:
+        return "site_failed"
+    return "global_refused"
+
+
 def refusal_of(reply: Message) -> Verdict | None:
     """The site's refusal of the round (its reason), or None when the reply is not a refusal."""
     if not reply.has_error():

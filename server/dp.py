@@ -23,18 +23,6 @@ from common.learning.dp import DpSpec, client_epsilon, clip_update
 from server.aggregation import Update
 
 
-def refusal_event(reply: Message) -> str:
-    """The audit event of a refusal: `dp_budget_spent` when the site's DP budget is spent,
-    `site_failed` when its own data, evaluation or training failed, else `global_refused` (it
-    refused the global model)."""
-    config = reply.content.get(wire.CONFIG) if not reply.has_error() else None
-    if isinstance(config, ConfigRecord) and int(config.get(wire.DP_BUDGET_SPENT, 0) or 0) == 1:
-        return "dp_budget_spent"
-    if isinstance(config, ConfigRecord) and int(config.get(wire.SITE_FAILED, 0) or 0) == 1:
-        return "site_failed"
-    return "global_refused"
-
-
 def reported_epsilon(reply: Message) -> float | None:
     """The epsilon a site reports (its metrics, or its budget refusal); None if none or bad."""
     if reply.has_error():

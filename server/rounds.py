@@ -24,8 +24,8 @@ from common.integrity.keys import ServerKeys
 from common.run.records import RunRecorder
 from common.run.settings import RunSettings
 from common.run.stages import StageClock
-from server.checks import Verdict
-from server.dp import refusal_event, reported_epsilon
+from server.checks import Verdict, refusal_event
+from server.dp import reported_epsilon
 from server.evaluation import site_evaluation
 
 if TYPE_CHECKING:  # server/roster.py sends through this module

@@ -9,7 +9,7 @@ from client.app import train
 from common import wire
 from common.integrity.keys import client_dir, init_federation
 from common.learning.data import write_csv
-from server.dp import refusal_event
+from server.checks import refusal_event
 
 
 def test_a_site_whose_csv_has_other_columns_refuses_by_site_id_without_its_path(tmp_path, monkeypatch):

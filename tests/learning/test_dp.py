@@ -25,6 +25,7 @@ from common.learning.training import evaluate, tensor_dataset
 from common.run import records
 from common.run.records import RoundRecord
 from common.run.settings import RunSettings
+from server import checks as server_checks
 from server import dp as server_dp
 from server.aggregation import Update
 from tests.simrun import simulate
@@ -153,10 +154,10 @@ def test_budget_spent_refusal_reason_and_server_audit_event(flower_task_identity
     assert "over the budget of 3" in reason
     request = Message(RecordDict({}), dst_node_id=0, message_type=wire.TRAIN)
     reply = refuse(request, "4", reason, **{wire.DP_BUDGET_SPENT: 1, wire.DP_EPSILON: plan.epsilon_after(2, 1e-5)})
-    assert server_dp.refusal_event(reply) == "dp_budget_spent"
+    assert server_checks.refusal_event(reply) == "dp_budget_spent"
     assert server_dp.reported_epsilon(reply) == pytest.approx(plan.epsilon_after(2, 1e-5))
     plain = refuse(request, "4", "global model tampered beyond recovery")
-    assert server_dp.refusal_event(plain) == "global_refused" and server_dp.reported_epsilon(plain) is None
+    assert server_checks.refusal_event(plain) == "global_refused" and server_dp.reported_epsilon(plain) is None
 
 
 # --- DP-SGD -------------------------------------------------------------------------------------
