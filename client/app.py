@@ -214,7 +214,8 @@ def enrol_site(msg: Message, context: Context) -> Message:
 def decrypt(msg: Message, context: Context) -> Message:
     """he mode: decrypt the blinded sum the server sends (this site holds the CKKS secret key)."""
     _, keys = load_site_keys(context.node_config, msg.content[wire.CONFIG])
-    coefficients = mode_he.decrypt_blinded(msg.content, keys)
+    min_sites = RunSettings.from_run_config(context.run_config).min_clients
+    coefficients = mode_he.decrypt_blinded(msg.content, keys, min_sites)
     content = RecordDict({wire.DECRYPTED: ArrayRecord({wire.COEFFICIENTS: Array(coefficients)})})
     return Message(content=content, reply_to=msg)
 

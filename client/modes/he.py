@@ -45,12 +45,17 @@ def tamper(payload: RecordDict, rng: np.random.Generator) -> RecordDict:
                        wire.SEALS: payload[wire.SEALS]})
 
 
-def decrypt_blinded(content: RecordDict, keys: ClientKeys) -> np.ndarray:
+def decrypt_blinded(content: RecordDict, keys: ClientKeys, min_sites: int = 1) -> np.ndarray:
     """The plaintext coefficients of the blinded sum in a decrypt request (uniformly random to
-    this site: the server's mask hides the sum)."""
+    this site: the server's mask hides the sum). HEError unless the sum holds at least `min_sites`
+    distinct sites' ciphertexts (one seed record each): this site never decrypts what would show
+    the server fewer sites than min-clients."""
     try:
         c0 = content[wire.HE_SUM][wire.C0].numpy()
-        seeds = list(content[wire.HE_CIPHERTEXTS][wire.SEEDS])
+        seeds = [bytes(s) for s in content[wire.HE_CIPHERTEXTS][wire.SEEDS]]
     except (KeyError, TypeError, ValueError) as exc:
         raise he.HEError(f"malformed decrypt request: {exc}") from exc
+    if len(set(seeds)) != len(seeds) or len(seeds) < min_sites:
+        raise he.HEError(f"refused to decrypt a sum of {len(set(seeds))} distinct sites in {len(seeds)} seed records: "
+                         f"it must hold at least min-clients {min_sites}, each once")
     return he.decrypt_raw(he.Summed(c0, seeds), keys.he_secret_context(), workers=os.cpu_count() or 1)
