@@ -54,6 +54,7 @@ class Roster:
     examples: dict[str, int] = field(default_factory=dict)  # site -> its example count, fixed at enrolment
     unknown: set[int] = field(default_factory=set)  # nodes audited site_unknown (never asked again)
     banned: dict[str, str] = field(default_factory=dict)  # site -> why it takes no further part in the run
+    suspects: set[str] = field(default_factory=set)  # he: the sites in every failing group since the first
 
     def __post_init__(self) -> None:
         self.sites = sorted(self.sites, key=site_order)

@@ -59,11 +59,13 @@ class Group:
 
 
 class PartialSums:
-    """A round's homomorphic sum kept as `leaves` partial sums: each accepted site is added to the
-    next leaf in turn as it arrives, then dropped (memory does not grow with the sites)."""
+    """A round's homomorphic sum kept as `leaves` partial sums: each accepted site is added to leaf
+    `positions[its node] % leaves` (a fresh random order each round, so a site's partners change
+    from round to round; without positions, the next leaf in turn), then dropped (memory does not
+    grow with the sites)."""
 
-    def __init__(self, public: bytes, count: int, leaves: int) -> None:
-        self.public = public
+    def __init__(self, public: bytes, count: int, leaves: int, positions: dict[int, int] | None = None) -> None:
+        self.public, self.positions = public, positions or {}
         self.sums = [he.Sum(public, count) for _ in range(leaves)]
         self.sites: list[list[str]] = [[] for _ in range(leaves)]
         self.examples = [0] * leaves
@@ -72,7 +74,7 @@ class PartialSums:
 
     def add(self, site: str, upload: Upload, checks: np.ndarray) -> None:
         """Add a checked upload; HEError (this site only, the sums unchanged) if it is malformed."""
-        leaf = self.total_sites % len(self.sums)
+        leaf = self.positions.get(upload.node_id, self.total_sites) % len(self.sums)
         self.sums[leaf].add_site(upload.chunks, f"site {site}")
         self.sites[leaf].append(site)
         self.examples[leaf] += upload.num_examples
@@ -120,7 +122,9 @@ def run_round(ctx: RoundContext) -> RoundResult:
         {**ctx.config, wire.CHECK_VALUES: checks[nid].tobytes()})})) for nid in ctx.node_ids]
     result = RoundResult(bytes_down=payload_bytes(ctx.record) * len(messages))
     sum_bytes = count * he.POLY_MODULUS_DEGREE * 8
-    parts = PartialSums(public, count, subsums.leaf_count(len(ctx.node_ids), ctx.settings.min_clients, sum_bytes))
+    shuffled = np.random.default_rng(int.from_bytes(os.urandom(16), "big")).permutation(sorted(ctx.node_ids))
+    parts = PartialSums(public, count, subsums.leaf_count(len(ctx.node_ids), ctx.settings.min_clients, sum_bytes),
+                        {int(nid): i for i, nid in enumerate(shuffled)})
     decryptors = Decryptors(ctx, result, public, length + CHECK_SLOTS)
     metrics: list = []
     senders = Attribution(ctx, result, "train")
@@ -210,23 +214,48 @@ def search_groups(ctx: RoundContext, result: RoundResult, groups: list[Group], d
     if search.undecided:
         _skip(ctx, "a sub-sum of the failing sum could not be decrypted by two agreeing sites: the culprit is unknown")
         return None
-    for index in search.bad:
-        bad = groups[index]
-        why = problems.get(range(index, index + 1), "its sum fails its check")
-        if len(bad.sites) == 1:
-            note_rejection(ctx, result, bad.sites[0], f"its ciphertexts spoil the sum (found by bisection): {why}")
-            continue
-        reason = (f"one or more of these {len(bad.sites)} sites' ciphertexts spoil the sum: {why}; min-clients "
-                  f"{ctx.settings.min_clients} keeps the search from naming fewer")
-        ctx.recorder.audit("sites_excluded", round=ctx.server_round, clients=sorted(bad.sites, key=site_order),
-                           reason=reason)
-        log(WARNING, "Round %d: sites %s left out: %s", ctx.server_round, bad.sites, reason)
+    name_failing(ctx, result, [(groups[i].sites, problems.get(range(i, i + 1), "its sum fails its check"))
+                               for i in search.bad])
     clean = [decrypted[span] for span in search.good]
     kept = parts.join([g for span in search.good for g in groups[span.start:span.stop]]) if clean else None
     if kept is None or not enough(ctx, len(kept.sites)):
         result.used = []
         return None
     return np.sum(clean, axis=0), kept
+
+
+def name_failing(ctx: RoundContext, result: RoundResult, failing: list[tuple[list[str], str]]) -> None:
+    """Name the failing groups (sites, why) a search found. A one-site group names its site
+    (`update_rejected`); a larger one is named as a group (`sites_excluded`). Groups are drawn
+    afresh each round, so the sites of the one failing group of successive attacked rounds are
+    intersected (`Roster.suspects`): once a single site is left, it is named too. A named site
+    takes no further part in the run (`Roster.banned`)."""
+    roster = ctx.roster
+    culprits = [sites[0] for sites, _ in failing if len(sites) == 1]
+    groups = [(sites, why) for sites, why in failing if len(sites) > 1]
+    if roster is not None:
+        if len(groups) == 1 and not culprits:
+            roster.suspects = (roster.suspects & set(groups[0][0])) or set(groups[0][0])
+        else:
+            roster.suspects = set()
+    for sites, why in groups:
+        reason = (f"one or more of these {len(sites)} sites' ciphertexts spoil the sum: {why}; min-clients "
+                  f"{ctx.settings.min_clients} keeps the search from naming fewer")
+        ctx.recorder.audit("sites_excluded", round=ctx.server_round, clients=sorted(sites, key=site_order),
+                           reason=reason)
+        log(WARNING, "Round %d: sites %s left out: %s", ctx.server_round, sites, reason)
+    why = {site: w for sites, w in failing for site in sites}
+    for site in culprits:
+        note_rejection(ctx, result, site, f"its ciphertexts spoil the sum (found by bisection): {why[site]}")
+    if roster is not None and len(roster.suspects) == 1:
+        [site] = roster.suspects
+        note_rejection(ctx, result, site, "its ciphertexts spoil the sum: it is the one site in the failing group "
+                                          "of every attacked round since it was first suspected (found by bisection)")
+        culprits.append(site)
+        roster.suspects = set()
+    if roster is not None:
+        roster.banned.update({site: f"in round {ctx.server_round} its ciphertexts spoiled the sum (found by bisection)"
+                              for site in culprits})
 
 
 def _skip(ctx: RoundContext, reason: str) -> None:

@@ -177,31 +177,43 @@ def test_he_a_lying_decryptor_is_named_and_the_honest_sum_used(tmp_path, clean):
 def test_he_a_ciphertext_under_another_key_is_found_by_bisection_and_named(tmp_path, clean):
     """The hostile site encrypts under a CKKS key of the same parameters: the sum misses the check
     values (`aggregate_check_failed`), and with min-clients 1 the bisection over sub-sums goes down
-    to single sites, names the hostile one in every round and sums the four others."""
+    to single sites and names the hostile one; it takes no further part in the run
+    (`site_rejected`), and every round sums the four others."""
     out = tmp_path / "foreign_key"
     simulate_hostile("tests.e2e.hostile:foreign_key", SITES, out, dataset="breast-cancer", num_rounds=ROUNDS,
                      seed=0, secure_mode="he", min_clients=1)
     failed = [a for a in _audit(out) if a["event"] == "aggregate_check_failed"]
-    assert [a["round"] for a in failed] == list(range(1, ROUNDS + 1)) and "check values" in failed[0]["reason"]
+    assert [a["round"] for a in failed] == [1] and "check values" in failed[0]["reason"]
     rejected = _named(out, "update_rejected")
-    assert [(r, c) for r, c, _ in rejected] == [(r, "1") for r in range(1, ROUNDS + 1)]
-    assert all("found by bisection" in why for _, _, why in rejected)
+    assert [(r, c) for r, c, _ in rejected] == [(1, "1")] and "found by bisection" in rejected[0][2]
+    left_out = _named(out, "site_rejected")
+    assert [(r, c) for r, c, _ in left_out] == [(r, "1") for r in range(2, ROUNDS + 1)]
     assert not [a for a in _audit(out) if a.get("client") in HONEST and a["event"] in NAMING]
     assert [r["clients_used"] for r in _rounds(out)] == [SITES - 1] * ROUNDS
     assert_within_one_example(out, clean("he", without_hostile=True))
 
 
-def test_he_with_min_clients_2_the_culprits_group_is_left_out_and_the_rest_used(tmp_path):
+def test_he_with_min_clients_2_the_culprits_group_is_left_out_until_it_is_isolated(tmp_path):
     """With min-clients 2 no sum of fewer than 2 sites may be revealed, so the search stops at a
     group of 2 or 3 sites holding the hostile one: that group is left out and named as a group
-    (`sites_excluded`), no single honest site is blamed, and the other group's sum moves the model."""
+    (`sites_excluded`) and the other group's sum moves the model. Groups are drawn afresh each
+    round, so once the hostile site is the only one in every failing group it is named alone and
+    left out of the run. No honest site is ever named alone."""
+    rounds = 4
     out = tmp_path / "foreign_key_groups"
-    simulate_hostile("tests.e2e.hostile:foreign_key", SITES, out, dataset="breast-cancer", num_rounds=2,
+    simulate_hostile("tests.e2e.hostile:foreign_key", SITES, out, dataset="breast-cancer", num_rounds=rounds,
                      seed=0, secure_mode="he")
-    excluded = [a for a in _audit(out) if a["event"] == "sites_excluded"]
-    assert [a["round"] for a in excluded] == [1, 2]
-    assert all(str(HOSTILE) in a["clients"] and 2 <= len(a["clients"]) <= 3 for a in excluded)
-    assert not [a for a in _audit(out) if a["event"] in NAMING or a["event"] == "round_skipped"]
-    rounds = _rounds(out)
-    assert [r["clients_used"] for r in rounds] == [SITES - len(a["clients"]) for a in excluded]
-    assert rounds[0]["loss"] != rounds[1]["loss"]  # the honest group's update was applied
+    audit = _audit(out)
+    excluded = [a for a in audit if a["event"] == "sites_excluded"]
+    assert excluded and all(str(HOSTILE) in a["clients"] and 2 <= len(a["clients"]) <= 3 for a in excluded)
+    assert [a["round"] for a in excluded] == list(range(1, len(excluded) + 1))  # every round until isolated
+    named = [(a["round"], a["client"]) for a in audit if a["event"] in NAMING]
+    assert all(client == str(HOSTILE) for _, client in named)
+    isolated = [r for r, _ in named if r <= len(excluded)]
+    assert isolated in ([], [len(excluded)])  # named alone in the last round its group was left out
+    later = list(range(len(excluded) + 1, rounds + 1)) if isolated else []
+    assert [r for r, _ in named if r > len(excluded)] == later  # then site_rejected in every later round
+    used = [r["clients_used"] for r in _rounds(out)]
+    assert used[:len(excluded)] == [SITES - len(a["clients"]) for a in excluded]
+    assert used[len(excluded):] == [SITES - 1] * (rounds - len(excluded))
+    assert not [a for a in audit if a["event"] == "round_skipped"]

@@ -21,9 +21,11 @@ from server.modes.he import (
     aggregate_problem,
     check_values,
     group_problem,
+    name_failing,
     search_groups,
 )
 from server.modes.he_decrypt import Decryptors
+from server.roster import Roster
 from server.rounds import RoundContext, RoundResult
 from tests.server.fakes import Grid
 
@@ -196,3 +198,28 @@ def test_a_search_that_cannot_be_cross_checked_names_nobody_and_skips_the_round(
     assert found is None
     assert [a["event"] for a in audit if a["event"] != "sum_decrypted"] == ["round_skipped"]
     assert "culprit is unknown" in audit[-1]["reason"]
+
+
+def test_the_failing_groups_of_successive_rounds_are_intersected_until_one_site_is_left(tmp_path):
+    """Groups are drawn afresh each round: the hostile site "7" is in the failing group every time,
+    its partners change, so after two rounds only it is left: it is named and left out of the run;
+    no honest site is ever named alone. Two failing groups in one round (two culprits) start over."""
+    roster = Roster(sites=[str(i) for i in range(12)])
+    recorder = RunRecorder(tmp_path)
+
+    def round_of(server_round, failing):
+        ctx = RoundContext(grid=None, node_ids=[], settings=RunSettings(min_clients=3), keys=None, spec={},
+                           run_name="run-suspects", server_round=server_round, published={}, base={}, record=None,
+                           config={}, recorder=recorder, clock=None, roster=roster)
+        name_failing(ctx, RoundResult(), [(sites, "misses the check values") for sites in failing])
+
+    round_of(1, [["2", "7", "9"]])
+    assert roster.suspects == {"2", "7", "9"} and not roster.banned
+    round_of(2, [["1", "2", "7"], ["4", "5", "6"]])  # two failing groups: nothing can be intersected
+    assert roster.suspects == set()
+    round_of(3, [["3", "7", "9"]])
+    round_of(4, [["7", "8", "11"]])
+    assert roster.suspects == set() and list(roster.banned) == ["7"] and "round 4" in roster.banned["7"]
+    audit = records.read_jsonl(tmp_path / records.AUDIT)
+    assert [a["client"] for a in audit if a["event"] == "update_rejected"] == ["7"]
+    assert [a["round"] for a in audit if a["event"] == "sites_excluded"] == [1, 2, 2, 3, 4]
