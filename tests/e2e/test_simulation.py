@@ -15,7 +15,7 @@ from common.integrity.keys import load_secret
 from common.learning.models import array_spec, get_arrays, initial_model
 from common.run import records
 from common.run.modelio import load_state
-from tests.simrun import ROOT, simulate
+from tests.simrun import ROOT, Runs, simulate
 
 ROUNDS = 3  # baseline_rounds.json's breast-cancer run: 3 sites, 3 rounds, seed 0
 BASELINE = json.loads((ROOT / "tests" / "fixtures" / "baseline_rounds.json").read_text())["runs"]
@@ -28,7 +28,13 @@ def _simulate(out: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("sim")
-    return [(base / name, _simulate(base / name)) for name in ("a", "b")]
+    runs = Runs()
+    try:
+        for name in ("a", "b"):  # at the same time, each in its own processes
+            runs.start(name, _simulate, base / name)
+        yield [(base / name, runs.get(name)) for name in ("a", "b")]
+    finally:
+        runs.close()
 
 
 def test_progress_lines_and_final_table(two_runs):
