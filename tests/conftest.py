@@ -38,3 +38,42 @@ def fed(tmp_path_factory):
     root = tmp_path_factory.mktemp("fed") / "keys"
     init_federation(root, 3)
     return ServerKeys.load(root / "server"), {c: ClientKeys.load(client_dir(root, c), client_id=c) for c in "012"}
+
+
+# --- scheduling: the slowest files first -----------------------------------------------------------
+# `./scripts/test.sh` runs `pytest -n auto --dist loadfile`: each file goes whole to one worker, in
+# queue order. pytest-xdist orders that queue by tests per file, which puts the files of a few whole
+# federations (the slowest) last, where one of them can keep a worker busy long after the other has
+# finished. Longest first instead (seconds per file measured on the 2-core machine, ./scripts/test.sh
+# --durations; a file not listed counts as quick). The order changes nothing a test asserts.
+SLOW_FILES = {
+    "tests/e2e/test_hostile.py": 520,
+    "tests/launch/test_deploy_script.py": 280,
+    "tests/launch/test_deploy_local.py": 270,
+    "tests/e2e/test_integrity.py": 370,
+    "tests/e2e/test_scale.py": 345,
+    "tests/e2e/test_any_model.py": 180,
+    "tests/e2e/test_masked.py": 180,
+    "tests/server/modes/test_he.py": 180,
+    "tests/e2e/test_simulation.py": 170,
+    "tests/examples/test_png_cnn.py": 165,
+    "tests/learning/test_dp.py": 110,
+    "tests/launch/test_kit.py": 85,
+    "tests/e2e/test_tasks.py": 65,
+    "tests/launch/test_flwr_run.py": 70,
+    "tests/run/test_report.py": 60,
+    "tests/e2e/test_stopped.py": 45,
+}
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order made below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files in order of measured seconds, longest first; tests keep their order within a file."""
+    def cost(item) -> int:
+        return -SLOW_FILES.get(item.nodeid.split("::", 1)[0], 0)
+
+    items.sort(key=cost)

@@ -1,4 +1,5 @@
-"""Running `fedseal simulate` from tests: as a subprocess, checking that no process it started survives."""
+"""Running `fedseal simulate` from tests: as a subprocess, checking that no process it started survives;
+several at once (`Runs`) where a test file makes more than one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from common.run import records
@@ -119,3 +122,27 @@ def simulate_hostile(client_app: str, clients: int, out: Path, **settings) -> No
     assert proc.returncode == 0, proc.stdout + proc.stderr + _log(out)
     assert (out / records.SUMMARY).exists(), _log(out)
     assert_no_leftovers(marker)
+
+
+PARALLEL_RUNS = 2  # runs of one test file at a time: one run alone leaves about a third of the 2-core machine idle
+
+
+class Runs:
+    """Independent runs of one test file, started at once and made `PARALLEL_RUNS` at a time, each in
+    its own processes (a run's results do not depend on what else runs). `start(name, fn, *args)`;
+    `get(name)` waits for that run and returns its result or raises its failure (in the test that
+    asked for it); `close()` waits for every run, so no process outlives the fixture. Start the
+    longest runs first."""
+
+    def __init__(self, parallel: int = PARALLEL_RUNS) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="simrun")
+        self._runs: dict[str, Future] = {}
+
+    def start(self, name: str, fn: Callable, *args, **kwargs) -> None:
+        self._runs[name] = self._pool.submit(fn, *args, **kwargs)
+
+    def get(self, name: str):
+        return self._runs[name].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

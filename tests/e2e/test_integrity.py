@@ -1,6 +1,7 @@
 """End to end through `fedseal simulate`: integrity in `none` mode (DESIGN.md §2.2-§2.4).
 
-Four simulations of breast-cancer (each costs ~15-20 s of Ray start-up plus ~0.2 s a round):
+Four simulations of breast-cancer (each costs ~15-20 s of Ray start-up plus ~0.2 s a round), started
+at once and made two at a time (tests/simrun.py Runs):
 - clean:    5 sites, 6 rounds, no injection (the reference);
 - injected: the same with all five injections, rejected/recovered/refused as they should be;
 - resumed:  the same as clean plus `--on-tamper recover` with tamper-update and tamper-global
@@ -24,7 +25,7 @@ from common.integrity import watermark
 from common.integrity.keys import load_secret
 from common.run import records
 from common.run.modelio import load_state
-from tests.simrun import simulate, simulate_interrupted
+from tests.simrun import Runs, simulate, simulate_interrupted
 
 ROUNDS = 6
 BASE = ["--dataset", "breast-cancer", "--clients", "5", "--rounds", str(ROUNDS), "--seed", "0", "--no-report"]
@@ -48,14 +49,9 @@ def _summary(folder: Path) -> dict:
     return json.loads((folder / records.SUMMARY).read_text())
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("integrity")
-    out = {"clean": base / "clean", "injected": base / "injected", "resumed": base / "resumed"}
-    simulate(*BASE, out=out["clean"])
-    out["injected_output"] = simulate(*BASE, *INJECTIONS, out=out["injected"]).stdout
-
-    b = out["resumed"]
+def _interrupted_and_resumed(b: Path) -> dict:
+    """The `resumed` run: interrupted after round 2, then continued with --resume; what the
+    interruption left."""
     code = simulate_interrupted(*BASE, *RECOVERABLE, out=b, after_round=2)
     interrupted = {"code": code, "rounds": len(_rounds(b)), "summary": (b / records.SUMMARY).exists(),
                    "keys": {p.relative_to(b): p.read_bytes() for p in sorted((b / "keys").rglob("*.key"))}}
@@ -70,7 +66,33 @@ def runs(tmp_path_factory):
         (b / records.AUDIT).write_text("".join(json.dumps(a) + "\n" for a in kept))
     print(f"interrupted run: exit {code}, {interrupted['rounds']} rounds recorded")
     interrupted["resume_output"] = simulate("--resume", str(b), "--no-report").stdout
-    out["interrupted"] = interrupted
+    return interrupted
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """Every simulation of this file, started at once (each in its own processes), the longest first:
+    (Runs, their folder); each test waits for those it reads."""
+    base = tmp_path_factory.mktemp("integrity")
+    runs = Runs()
+    try:
+        runs.start("resumed", _interrupted_and_resumed, base / "resumed")
+        runs.start("long", simulate, "--dataset", "breast-cancer", "--clients", "2", "--rounds", "50", "--local-epochs",
+                   "1", "--seed", "1", "--no-report", out=base / "long")
+        runs.start("injected", simulate, *BASE, *INJECTIONS, out=base / "injected")
+        runs.start("clean", simulate, *BASE, out=base / "clean")
+        yield runs, base
+    finally:
+        runs.close()
+
+
+@pytest.fixture(scope="module")
+def runs(started):
+    runs, base = started
+    out = {"clean": base / "clean", "injected": base / "injected", "resumed": base / "resumed"}
+    runs.get("clean")
+    out["injected_output"] = runs.get("injected").stdout
+    out["interrupted"] = runs.get("resumed")
     return out
 
 
@@ -200,10 +222,10 @@ def test_resume_refuses_a_finished_run_and_a_non_run_folder(runs, tmp_path, caps
 # --- b. no honest reply is ever rejected ----------------------------------------------------------
 
 
-def test_no_honest_reply_rejected_over_fifty_rounds(tmp_path):
-    out = tmp_path / "long"
-    simulate("--dataset", "breast-cancer", "--clients", "2", "--rounds", "50", "--local-epochs", "1",
-             "--seed", "1", "--no-report", out=out)
+def test_no_honest_reply_rejected_over_fifty_rounds(started):
+    runs, base = started
+    runs.get("long")  # breast-cancer, 2 sites, 50 rounds, 1 local epoch, seed 1
+    out = base / "long"
     rounds = _rounds(out)
     assert [r["round"] for r in rounds] == list(range(1, 51))
     assert all(r["rejected"] == [] and r["recovered"] == [] and r["clients_used"] == 2 for r in rounds)

@@ -1,6 +1,6 @@
 """End to end through `fedseal simulate --secure-mode masked` (DESIGN.md §2.1, §2.3, §2.4).
 
-Three simulations of breast-cancer, 5 sites (each ~20-60 s, mostly Ray starting):
+Three simulations of breast-cancer, 5 sites (each ~20-60 s, mostly Ray starting; started at once):
 - none:    tamper-update at site 2 in round 1, site 3 drops in round 2 (the reference);
 - masked:  the same, plus site 1 vanishing after sending its masked vector in round 3. The same
            sites are summed in every round, so the global models must agree with `none` to the
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from common.run import records
-from tests.simrun import simulate
+from tests.simrun import Runs, simulate
 
 BASE = ["--dataset", "breast-cancer", "--clients", "5", "--rounds", "3", "--seed", "0", "--no-report", "--quiet"]
 SHARED = ["--inject", "tamper-update:2:1", "--inject", "drop:3:2"]
@@ -37,10 +37,27 @@ def _events(folder: Path, event: str) -> list[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def started(tmp_path_factory):
+    """The three simulations, started at once (each in its own processes): (Runs, their folder)."""
     root = tmp_path_factory.mktemp("masked-e2e")
-    simulate(*BASE, *SHARED, "--secure-mode", "none", out=root / "none")
-    simulate(*BASE, *SHARED, "--inject", "drop-late:1:3", "--secure-mode", "masked", out=root / "masked")
+    runs = Runs()
+    try:
+        runs.start("masked", simulate, *BASE, *SHARED, "--inject", "drop-late:1:3", "--secure-mode", "masked",
+                   out=root / "masked")
+        runs.start("attacks", simulate, *BASE[:5], "2", *BASE[6:], "--secure-mode", "masked", "--inject",
+                   "corrupt-global:3:1", "--inject", "replay-update:0:2", "--inject", "forge-update:4:2", "--inject",
+                   "tamper-global:1:2", out=root / "attacks")
+        runs.start("none", simulate, *BASE, *SHARED, "--secure-mode", "none", out=root / "none")
+        yield runs, root
+    finally:
+        runs.close()
+
+
+@pytest.fixture(scope="module")
+def runs(started) -> dict[str, Path]:
+    runs, root = started
+    for name in ("none", "masked"):
+        runs.get(name)
     return {"none": root / "none", "masked": root / "masked"}
 
 
@@ -75,10 +92,10 @@ def test_final_accuracy_equals_none_within_a_tenth_of_a_point(runs):
     assert abs(masked["loss"] - none["loss"]) <= 1e-3
 
 
-def test_replay_forge_and_global_tampering_in_masked_mode(tmp_path):
-    out = tmp_path / "attacks"
-    simulate(*BASE[:5], "2", *BASE[6:], "--secure-mode", "masked", "--inject", "corrupt-global:3:1",
-             "--inject", "replay-update:0:2", "--inject", "forge-update:4:2", "--inject", "tamper-global:1:2", out=out)
+def test_replay_forge_and_global_tampering_in_masked_mode(started):
+    runs, root = started
+    runs.get("attacks")  # 5 sites, 2 rounds, masked: see the fixture for its injections
+    out = root / "attacks"
     rounds = _rounds(out)
     assert [r["clients_used"] for r in rounds] == [4, 3]
     assert sorted(rounds[1]["rejected"]) == ["0", "4"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.run import records
-from tests.simrun import simulate
+from tests.simrun import Runs, simulate
 
 
 def accounted(folder: Path) -> list[dict]:
@@ -34,46 +34,11 @@ def accounted(folder: Path) -> list[dict]:
     return summary["rounds"]
 
 
-def test_100_sites_none_every_site_in_every_round(tmp_path):
-    simulate("--dataset", "digits", "--clients", "100", "--rounds", "2", "--local-epochs", "1", "--quiet",
-             "--no-report", out=tmp_path)
-    rounds = accounted(tmp_path)
-    assert [r["clients_used"] for r in rounds] == [100, 100]
-    assert all(r["rejected"] == [] for r in rounds)
-
-
-@pytest.mark.parametrize("mode", ["he", "masked"])
-def test_dozens_of_sites_secure_every_site_in_every_round(tmp_path, mode):
-    proc = simulate("--dataset", "digits", "--clients", "40", "--rounds", "2", "--local-epochs", "1",
-                    "--secure-mode", mode, "--no-report", out=tmp_path)
-    rounds = accounted(tmp_path)
-    assert [r["clients_used"] for r in rounds] == [40, 40]
-    assert all(r["rejected"] == [] for r in rounds)
-    assert "sites: 40 registered, 40 sampled per round, used per round 40" in proc.stdout
-
-
-def test_sampled_cohorts_with_a_site_dropping_out(tmp_path):
-    """60 sites, 12 per round, masked: each round's cohort is drawn again, only it takes part, and
-    a site of the cohort that vanishes is named; the summary counts registered and sampled sites."""
-    from server.roster import draw_cohort
-
-    dropper = int(draw_cohort([str(i) for i in range(60)], 12, 0, 2)[0])
-    simulate("--dataset", "digits", "--clients", "60", "--clients-per-round", "12", "--rounds", "2",
-             "--local-epochs", "1", "--secure-mode", "masked", "--min-clients", "6", "--quiet", "--no-report",
-             "--inject", f"drop:{dropper}:2", out=tmp_path)
-    rounds = accounted(tmp_path)
-    summary = json.loads((tmp_path / records.SUMMARY).read_text())
-    assert summary["clients_registered"] == 60 and summary["clients_per_round"] == 12
-    cohorts = [e["clients"] for e in records.read_jsonl(tmp_path / records.AUDIT) if e["event"] == "cohort"]
-    assert cohorts == [draw_cohort([str(i) for i in range(60)], 12, 0, r) for r in (1, 2)]
-    assert rounds[0]["used"] == cohorts[0]
-    assert str(dropper) not in rounds[1]["used"] and len(rounds[1]["used"]) == 11
-
-
 def test_a_node_without_site_keys_is_named_once_and_left_out(tmp_path):
     """A federation of 3 sites with a 4th node connected: asked to enrol, the node can only name
     site "3", which has no keys; it is audited site_unknown once (not every round), the 3 sites
-    enrol once each, and every round uses them."""
+    enrol once each, and every round uses them. In this process (run_child), so first in the file:
+    before the other runs start in the background (its clean-up reaps this process's children)."""
     import io
 
     from common.launch.simulate import run_child
@@ -89,3 +54,66 @@ def test_a_node_without_site_keys_is_named_once_and_left_out(tmp_path):
     summary = json.loads((tmp_path / records.SUMMARY).read_text())
     assert summary["clients_registered"] == 3 and summary["nodes_unknown"] == 1
     assert [r["used"] for r in accounted(tmp_path)] == [["0", "1", "2"], ["0", "1", "2"]]
+
+
+def _dropper() -> int:
+    """The site of round 2's cohort (60 sites, 12 per round, seed 0) that drops out in that round."""
+    from server.roster import draw_cohort
+
+    return int(draw_cohort([str(i) for i in range(60)], 12, 0, 2)[0])
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """The command-line simulations of this file, started at once (each in its own processes), the
+    longest first: (Runs, their folder); each test waits for its own."""
+    root = tmp_path_factory.mktemp("scale")
+    runs = Runs()
+    try:
+        runs.start("100-none", simulate, "--dataset", "digits", "--clients", "100", "--rounds", "2", "--local-epochs",
+                   "1", "--quiet", "--no-report", out=root / "100-none")
+        runs.start("60-sampled", simulate, "--dataset", "digits", "--clients", "60", "--clients-per-round", "12",
+                   "--rounds", "2", "--local-epochs", "1", "--secure-mode", "masked", "--min-clients", "6", "--quiet",
+                   "--no-report", "--inject", f"drop:{_dropper()}:2", out=root / "60-sampled")
+        for mode in ("he", "masked"):
+            runs.start(f"40-{mode}", simulate, "--dataset", "digits", "--clients", "40", "--rounds", "2",
+                       "--local-epochs", "1", "--secure-mode", mode, "--no-report", out=root / f"40-{mode}")
+        yield runs, root
+    finally:
+        runs.close()
+
+
+def test_100_sites_none_every_site_in_every_round(started):
+    runs, root = started
+    runs.get("100-none")  # digits, 100 sites, 2 rounds, 1 local epoch
+    rounds = accounted(root / "100-none")
+    assert [r["clients_used"] for r in rounds] == [100, 100]
+    assert all(r["rejected"] == [] for r in rounds)
+
+
+@pytest.mark.parametrize("mode", ["he", "masked"])
+def test_dozens_of_sites_secure_every_site_in_every_round(started, mode):
+    runs, root = started
+    proc = runs.get(f"40-{mode}")  # digits, 40 sites, 2 rounds, 1 local epoch
+    rounds = accounted(root / f"40-{mode}")
+    assert [r["clients_used"] for r in rounds] == [40, 40]
+    assert all(r["rejected"] == [] for r in rounds)
+    assert "sites: 40 registered, 40 sampled per round, used per round 40" in proc.stdout
+
+
+def test_sampled_cohorts_with_a_site_dropping_out(started):
+    """60 sites, 12 per round, masked: each round's cohort is drawn again, only it takes part, and
+    a site of the cohort that vanishes is named; the summary counts registered and sampled sites."""
+    from server.roster import draw_cohort
+
+    dropper = _dropper()
+    runs, root = started
+    runs.get("60-sampled")
+    folder = root / "60-sampled"
+    rounds = accounted(folder)
+    summary = json.loads((folder / records.SUMMARY).read_text())
+    assert summary["clients_registered"] == 60 and summary["clients_per_round"] == 12
+    cohorts = [e["clients"] for e in records.read_jsonl(folder / records.AUDIT) if e["event"] == "cohort"]
+    assert cohorts == [draw_cohort([str(i) for i in range(60)], 12, 0, r) for r in (1, 2)]
+    assert rounds[0]["used"] == cohorts[0]
+    assert str(dropper) not in rounds[1]["used"] and len(rounds[1]["used"]) == 11

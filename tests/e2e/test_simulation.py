@@ -1,4 +1,5 @@
-"""End to end: `fedseal simulate` with 3 sites and 2 rounds, twice (same seed, same results)."""
+"""End to end: `fedseal simulate` with 3 sites and 3 rounds, twice (same seed, same results); the
+built-in task gives today's rounds (tests/fixtures/baseline_rounds.json), bit for bit."""
 
 from __future__ import annotations
 
@@ -14,23 +15,32 @@ from common.integrity.keys import load_secret
 from common.learning.models import array_spec, get_arrays, initial_model
 from common.run import records
 from common.run.modelio import load_state
-from tests.simrun import simulate
+from tests.simrun import ROOT, Runs, simulate
+
+ROUNDS = 3  # baseline_rounds.json's breast-cancer run: 3 sites, 3 rounds, seed 0
+BASELINE = json.loads((ROOT / "tests" / "fixtures" / "baseline_rounds.json").read_text())["runs"]
 
 
 def _simulate(out: Path) -> subprocess.CompletedProcess:
-    return simulate("--dataset", "breast-cancer", "--clients", "3", "--rounds", "2", "--seed", "0", out=out)
+    return simulate("--dataset", "breast-cancer", "--clients", "3", "--rounds", str(ROUNDS), "--seed", "0", out=out)
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("sim")
-    return [(base / name, _simulate(base / name)) for name in ("a", "b")]
+    runs = Runs()
+    try:
+        for name in ("a", "b"):  # at the same time, each in its own processes
+            runs.start(name, _simulate, base / name)
+        yield [(base / name, runs.get(name)) for name in ("a", "b")]
+    finally:
+        runs.close()
 
 
 def test_progress_lines_and_final_table(two_runs):
     out = two_runs[0][1].stdout
     lines = out.splitlines()
-    assert sum(line.startswith("round ") and "accuracy" in line and " s " in line for line in lines) == 2
+    assert sum(line.startswith("round ") and "accuracy" in line and " s " in line for line in lines) == ROUNDS
     assert "final accuracy" in out and "centralized" in out
 
 
@@ -43,7 +53,7 @@ def test_every_record_written(two_runs):
     assert summary["final_accuracy"] > 0.9  # chance is about 0.63 (majority class)
     assert summary["centralized_accuracy"] > 0.9
     rounds = summary["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
     expected_bytes = sum(a.nbytes for a in get_arrays(initial_model("breast-cancer", 0)).values()) * 3
     for r in rounds:
         assert r["clients_used"] == 3 and r["rejected"] == [] and r["recovered"] == []
@@ -55,10 +65,10 @@ def test_every_record_written(two_runs):
     model, metadata = load_state(folder / records.MODEL)
     assert array_spec(model) == array_spec(get_arrays(initial_model("breast-cancer", 0)))
     assert sorted(p.name for p in (folder / records.CHECKPOINTS).iterdir()) == [
-        "global-round-0001.safetensors", "global-round-0002.safetensors",
-        "round-0001.safetensors", "round-0002.safetensors"]
+        *(f"global-round-{r:04d}.safetensors" for r in range(1, ROUNDS + 1)),
+        *(f"round-{r:04d}.safetensors" for r in range(1, ROUNDS + 1))]
     # the final model is the last aggregate, watermarked for the run and verifiable with its key
-    last = records.load_arrays(folder / records.CHECKPOINTS / "round-0002.safetensors")
+    last = records.load_arrays(folder / records.CHECKPOINTS / f"round-{ROUNDS:04d}.safetensors")
     assert all(np.array_equal(v, watermark.strip(model)[k]) for k, v in watermark.strip(last).items())
     wm_key = load_secret(folder / "keys" / "server" / "watermark.key")
     assert watermark.verify(model, wm_key, metadata[records.CONTEXT_KEY]).intact
@@ -73,3 +83,24 @@ def test_same_seed_same_results(two_runs):
     # each run has its own random keys, so only the watermark's own low bits differ
     sa, sb = watermark.strip(ma), watermark.strip(mb)
     assert all(np.array_equal(sa[k], sb[k]) for k in sa)
+
+
+def test_builtin_task_gives_todays_rounds(two_runs):
+    """The first run is baseline_rounds.json's breast-cancer run (before tasks existed)."""
+    run = BASELINE[0]
+    assert (run["dataset"], run["clients"], run["rounds"]) == ("breast-cancer", 3, ROUNDS)
+    folder, proc = two_runs[0]
+    summary = json.loads((folder / records.SUMMARY).read_text())
+    rounds = summary["rounds"]
+    assert [r["loss"] for r in rounds] == run["loss"]  # bit for bit
+    assert [r["accuracy"] for r in rounds] == pytest.approx(run["accuracy"], abs=1e-6)  # was a float32 mean
+    assert summary["centralized_loss"] == run["centralized_loss"]
+    # every site scored the model it received on its share of the test split: all shares together are
+    # the split, so round r's federated evaluation is the coordinator's score of round r-1's model
+    for before, after in zip(rounds, rounds[1:]):
+        assert after["federated_eval"]["accuracy"] == pytest.approx(before["accuracy"], abs=1e-6)
+        assert after["federated_eval"]["examples"] == summary["test_examples"]
+        assert set(after["site_eval"]) == {"0", "1", "2"}
+    assert summary["final_federated_eval"] == rounds[-1]["federated_eval"]
+    assert {"accuracy", "loss", "f1_macro", "roc_auc", "pr_auc"} <= set(summary["final_federated_eval"])
+    assert "federated accuracy" in proc.stdout

@@ -14,7 +14,7 @@ from common.run import records
 from common.task import SiteInfo, TrainSettings
 from examples.png_cnn.make_data import write_sites
 from examples.png_cnn.task import IMAGE_SIZE, PngFolder
-from tests.simrun import simulate
+from tests.simrun import Runs, simulate
 
 SITES = 3
 
@@ -51,11 +51,26 @@ def test_a_missing_site_folder_is_a_clear_error(task_file):
         load_task(f"{task_file}:Mine").load_data(SiteInfo("7", 7, 8, {}, 0))
 
 
+@pytest.fixture(scope="module")
+def mode_runs(task_file, tmp_path_factory):
+    """The example in every mode, 2 rounds: the three simulations started at once (each in its own
+    processes); (Runs, their folder)."""
+    root = tmp_path_factory.mktemp("png-runs")
+    runs = Runs()
+    try:
+        for mode in ("he", "none", "masked"):  # the longest first
+            runs.start(mode, simulate, "--task", f"{task_file}:Mine", "--clients", str(SITES), "--rounds", "2",
+                       "--secure-mode", mode, "--seed", "0", "--no-report", out=root / mode)
+        yield runs, root
+    finally:
+        runs.close()
+
+
 @pytest.mark.parametrize("mode", ["none", "he", "masked"])
-def test_example_runs_two_rounds_in_every_mode(task_file, tmp_path, mode):
-    out = tmp_path / mode
-    simulate("--task", f"{task_file}:Mine", "--clients", str(SITES), "--rounds", "2", "--secure-mode", mode,
-             "--seed", "0", "--no-report", out=out)
+def test_example_runs_two_rounds_in_every_mode(mode_runs, mode):
+    runs, root = mode_runs
+    runs.get(mode)
+    out = root / mode
     summary = json.loads((out / records.SUMMARY).read_text())
     assert summary["final_accuracy"] is None and summary["dataset"] == "png-cnn"
     rounds = summary["rounds"]
