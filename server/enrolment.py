@@ -27,6 +27,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from common import wire
+from common.errors import FedSealError
 from common.integrity import enrol
 from common.integrity.keys import ServerKeys
 from common.run.records import RunRecorder
@@ -44,7 +45,11 @@ def round_nodes(grid: Grid, roster: Roster, keys: ServerKeys, settings: RunSetti
     is asked to enrol, the cohort is drawn from the registered sites, and its bound nodes whose
     site's weight fits under max-site-weight take part. `config`: what every request carries
     besides the enrolment's own fields (a simulation's key folder); `clock` times stage `enrol`."""
-    connected = roster_mod.wait_for_nodes(grid, settings.min_clients, None)
+    try:  # the run waited for its first sites before round 1 (roster.first_nodes): a site gone since must not hold it
+        connected = roster_mod.wait_for_nodes(grid, settings.min_clients, float(settings.round_timeout))
+    except FedSealError as exc:  # the round goes on with fewer sites (and is skipped: too few replies)
+        connected = set(grid.get_node_ids())
+        log(WARNING, "Round %d: %s", server_round, exc)
     enrol_nodes(grid, roster, keys, recorder, connected, run_name, server_round, float(settings.round_timeout),
                 config, clock)
     nodes, sampled = roster_mod.cohort(roster, settings, recorder, server_round, connected)

@@ -12,7 +12,7 @@ from common.integrity import enrol
 from common.run import records
 from common.run.records import RunRecorder
 from common.run.settings import RunSettings
-from server.enrolment import attribute, capped, enrol_nodes, examples_problem, overweight
+from server.enrolment import attribute, capped, enrol_nodes, examples_problem, overweight, round_nodes
 from server.roster import Roster
 from server.rounds import RoundContext, RoundResult
 from tests.server.fakes import Grid
@@ -205,3 +205,19 @@ def test_replies_are_attributed_to_the_sending_node(fed, tmp_path):
 def test_without_a_roster_replies_keep_their_claimed_id(fed, tmp_path):
     ctx = context(fed, tmp_path, None)
     assert [s for s, _ in attribute(ctx, RoundResult(), [reply_from(101, "2")], "train")] == ["2"]
+
+
+def test_a_round_does_not_wait_forever_for_sites_that_are_gone(fed, tmp_path):
+    """Two of three enrolled sites' nodes are gone (killed, disconnected): the next round waits at
+    most round-timeout for min-clients nodes, then goes on with the one left (it is then skipped
+    for too few replies, and max-skipped-rounds stops the run) and names the absent sites."""
+    roster = Roster(list(NODES))
+    for site, nid in NODES.items():
+        roster.bind(site, nid, 50, CONNECTED)
+    grid = Grid(honest(fed))
+    grid.get_node_ids = lambda: [NODES["0"]]
+    settings = RunSettings(min_clients=2, round_timeout=1)
+    nodes, _ = round_nodes(grid, roster, fed[0], settings, RunRecorder(tmp_path, resume=True), RUN, 2, {})
+    assert nodes == [NODES["0"]]
+    [absent] = [a for a in audit(tmp_path) if a["event"] == "sites_absent"]
+    assert absent["clients"] == ["1", "2"] and absent["round"] == 2
