@@ -179,6 +179,14 @@ def enough(ctx: RoundContext, accepted: int) -> bool:
     return False
 
 
+def skip_round(ctx: RoundContext, result: RoundResult, reason: str, **fields) -> None:
+    """Audit and log a round that cannot update the model (`round_skipped`, with `reason` and any
+    `fields`); no site counts as used and the global model stays as it was."""
+    ctx.recorder.audit("round_skipped", round=ctx.server_round, reason=reason, **fields)
+    log(WARNING, "Round %d skipped: %s; the global model stays as it was", ctx.server_round, reason)
+    result.used = []
+
+
 def site_metrics(replies: list[Message]) -> list:
     """The metrics records of the replies that carry one (for the per-stage seconds)."""
     return [r.content[wire.METRICS] for r in replies if not r.has_error() and wire.METRICS in r.content]

@@ -38,6 +38,7 @@ from server.rounds import (
     note_rejection,
     send,
     site_metrics,
+    skip_round,
 )
 
 PAYLOAD_KIND = "he"  # the kind the sites bind into their chunk seals (client/modes/he.py)
@@ -167,21 +168,20 @@ def run_round(ctx: RoundContext) -> RoundResult:
     whole = parts.join(groups)
     summed = decryptors.decrypt(whole.summed)
     if summed is None:
-        _skip(ctx, "no site decrypted the sum, or no two decryptions agreed")
-        result.used = []
+        skip_round(ctx, result, "no site decrypted the sum, or no two decryptions agreed")
         return result
+    sites, examples = whole.sites, whole.examples
     if (problem := group_problem(summed, whole, length)) is not None:
         ctx.recorder.audit("aggregate_check_failed", round=ctx.server_round, sites=len(whole.sites), reason=problem)
         log(WARNING, "Round %d: %s; searching sub-sums for the culprit", ctx.server_round, problem)
         found = search_groups(ctx, result, groups, decryptors, parts, length)
-        if found is None:
-            result.used = []
+        if found is None:  # the round was skipped
             return result
-        summed, whole = found
+        summed, sites, examples = found
     ctx.clock.start("aggregate")
-    kept = set(whole.sites)
+    kept = set(sites)
     result.used = [s for s in result.used if s in kept]
-    result.arrays = add_mean_update(ctx.base, ctx.spec, summed[:length] / whole.examples)
+    result.arrays = add_mean_update(ctx.base, ctx.spec, summed[:length] / examples)
     return result
 
 
@@ -191,11 +191,12 @@ def group_problem(summed: np.ndarray, group: Group, length: int) -> str | None:
 
 
 def search_groups(ctx: RoundContext, result: RoundResult, groups: list[Group], decryptors: Decryptors,
-                  parts: PartialSums, length: int) -> tuple[np.ndarray, Group] | None:
+                  parts: PartialSums, length: int) -> tuple[np.ndarray, list[str], int] | None:
     """Bisection over the groups' sub-sums (each cross-checked by two decrypting sites): the clean
-    groups' decrypted sum and their joined group, with each failing group left out and named (a
-    one-site group as `update_rejected`, a larger one as `sites_excluded`); None, with the round
-    skipped, when a sub-sum could not be decrypted and agreed or fewer than min-clients sites remain."""
+    groups' decrypted sum, their sites and summed example count, with each failing group left out
+    and named (a one-site group as `update_rejected`, a larger one as `sites_excluded`); None, with
+    the round skipped, when a sub-sum could not be decrypted and agreed or fewer than min-clients
+    sites remain."""
     decrypted: dict[range, np.ndarray] = {}
     problems: dict[range, str] = {}
 
@@ -212,16 +213,17 @@ def search_groups(ctx: RoundContext, result: RoundResult, groups: list[Group], d
 
     search = subsums.bisect(len(groups), passes)
     if search.undecided:
-        _skip(ctx, "a sub-sum of the failing sum could not be decrypted by two agreeing sites: the culprit is unknown")
+        skip_round(ctx, result, "a sub-sum of the failing sum could not be decrypted by two agreeing sites: "
+                                "the culprit is unknown")
         return None
     name_failing(ctx, result, [(groups[i].sites, problems.get(range(i, i + 1), "its sum fails its check"))
                                for i in search.bad])
-    clean = [decrypted[span] for span in search.good]
-    kept = parts.join([g for span in search.good for g in groups[span.start:span.stop]]) if clean else None
-    if kept is None or not enough(ctx, len(kept.sites)):
+    clean = [g for span in search.good for g in groups[span.start:span.stop]]
+    sites = [s for g in clean for s in g.sites]
+    if not enough(ctx, len(sites)):
         result.used = []
         return None
-    return np.sum(clean, axis=0), kept
+    return np.sum([decrypted[span] for span in search.good], axis=0), sites, sum(g.examples for g in clean)
 
 
 def name_failing(ctx: RoundContext, result: RoundResult, failing: list[tuple[list[str], str]]) -> None:
@@ -256,11 +258,6 @@ def name_failing(ctx: RoundContext, result: RoundResult, failing: list[tuple[lis
     if roster is not None:
         roster.banned.update({site: f"in round {ctx.server_round} its ciphertexts spoiled the sum (found by bisection)"
                               for site in culprits})
-
-
-def _skip(ctx: RoundContext, reason: str) -> None:
-    ctx.recorder.audit("round_skipped", round=ctx.server_round, reason=reason)
-    log(WARNING, "Round %d skipped: %s; the global model stays as it was", ctx.server_round, reason)
 
 
 def check_values() -> np.ndarray:

@@ -43,6 +43,7 @@ from server.rounds import (
     note_rejection,
     send,
     site_metrics,
+    skip_round,
 )
 
 ALL_PAIRS_UP_TO = 16  # up to this many sites every pair shares a mask; beyond, a SecAgg+ graph
@@ -210,12 +211,9 @@ def _skip(ctx: RoundContext, result: RoundResult, reason: str, culprit: str | No
     """The round cannot be unmasked: audit it (naming the culprit when the protocol proves one, who
     then takes no further part in the run: a dealer of inconsistent shares would spoil every
     round); the global model stays as it was."""
-    ctx.recorder.audit("round_skipped", round=ctx.server_round, accepted=len(result.used), reason=reason,
-                       **({"client": culprit} if culprit else {}))
-    log(WARNING, "Round %d skipped: %s; the global model stays as it was", ctx.server_round, reason)
+    skip_round(ctx, result, reason, accepted=len(result.used), **({"client": culprit} if culprit else {}))
     if culprit and ctx.roster is not None:
         ctx.roster.banned[culprit] = f"in round {ctx.server_round} {reason}"
-    result.used = []
 
 
 def _query(ctx: RoundContext, node_id: int, stage: str, extra: dict | None = None) -> Message:

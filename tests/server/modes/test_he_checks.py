@@ -161,9 +161,9 @@ def test_bisection_names_the_one_site_under_another_key_and_keeps_the_others(tmp
     """min-clients 1 lets the search go down to single sites: the culprit is named, the seven
     others make the round's sum exactly."""
     found, audit, requests, honest = _search(tmp_path, 8, {"5"}, min_clients=1)
-    summed, kept = found
-    assert sorted(kept.sites, key=int) == sorted(honest, key=int)
-    assert kept.examples == sum(e for _, e in honest.values())
+    summed, sites, examples = found
+    assert sorted(sites, key=int) == sorted(honest, key=int)
+    assert examples == sum(e for _, e in honest.values())
     assert np.abs(summed[:LENGTH] - sum(u for u, _ in honest.values())).max() < 1e-6
     rejected = [a for a in audit if a["event"] == "update_rejected"]
     assert [a["client"] for a in rejected] == ["5"] and "found by bisection" in rejected[0]["reason"]
@@ -177,13 +177,13 @@ def test_bisection_at_scale_leaves_out_only_the_culprits_groups_and_reveals_no_s
     sum covers at least 3 sites (and so does the difference of any two), and the search decrypts
     O(log n) sub-sums, not one per group."""
     found, audit, requests, honest = _search(tmp_path, 120, {"17", "88"}, min_clients=3)
-    summed, kept = found
+    summed, sites, _ = found
     excluded = [a for a in audit if a["event"] == "sites_excluded"]
     assert len(excluded) == 2 and all(len(a["clients"]) == 3 for a in excluded)
     assert sorted(c for a in excluded for c in a["clients"] if c in ("17", "88")) == ["17", "88"]
     assert all("\n" not in a["reason"] and "min-clients 3" in a["reason"] for a in excluded)
     left_out = {c for a in excluded for c in a["clients"]}
-    assert set(kept.sites) == {str(i) for i in range(120)} - left_out and len(kept.sites) == 114
+    assert set(sites) == {str(i) for i in range(120)} - left_out and len(sites) == 114
     expected = sum(u for s, (u, _) in honest.items() if s not in left_out)
     assert np.abs(summed[:LENGTH] - expected).max() < 1e-6
     assert not [a for a in audit if a["event"] in ("update_rejected", "round_skipped")]
